@@ -51,7 +51,7 @@ class TowerVocab:
         """Checkpoint-safe state (loads with torch.load(weights_only=True))."""
         ids = self.id_vocab
         return {"key": self.key, "id_type": "int" if pa.types.is_integer(ids.type) else "str",
-                "id_vocab": torch.from_numpy(ids.to_numpy()) if pa.types.is_integer(ids.type) else ids.to_pylist(),
+                "id_vocab": torch.from_numpy(ids.to_numpy().copy()) if pa.types.is_integer(ids.type) else ids.to_pylist(),
                 "encoders": self.encoders}
 
     @classmethod

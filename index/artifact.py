@@ -1,0 +1,112 @@
+"""The artifact folder and its manifest: the contract between the index job and the service.
+
+An artifact folder holds:
+  manifest.json     what is here, how it was made, and the measured recall of the index
+  index.faiss       FAISS index over item vectors (row i = items.parquet row i), inner product
+  items.parquet     item_id, vector (the served conversion embedding)
+  users.parquet     user_id, vector, purchased (catalogue rows the user converted on, for exclusion)
+  popular.parquet   item_id, score (conversion popularity: the answer for users never seen)
+  model.pt          item tower weights, its config and encoders (embeds new items; weights only, no pickle)
+
+A folder is written under a temporary name and renamed when complete, so it is complete or absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+FILES = ("index.faiss", "items.parquet", "users.parquet", "popular.parquet", "model.pt")
+
+
+class ArtifactError(ValueError):
+    """An artifact folder that is missing, incomplete or inconsistent with its manifest."""
+
+
+@dataclass
+class Manifest:
+    version: str  # the artifact version (its folder name)
+    created_at: str  # ISO-8601 UTC
+    checkpoint: dict[str, str]  # {"path": ..., "sha256": ...}
+    embedding_dim: int
+    metric: str  # always "inner_product"
+    factory: str  # FAISS index factory string
+    search_params: dict[str, Any]  # e.g. {"nprobe": 32} or {"efSearch": 128}
+    n_items: int
+    n_users: int
+    item_id_type: str  # "int" or "str": ids are answered as typed in the data
+    user_id_type: str
+    recall_check: dict[str, Any]  # {"k", "users", "recall"}: the index against exact search
+    files: dict[str, int] = field(default_factory=dict)  # file -> size in bytes
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def model_version(self) -> str:
+        return f"{self.version}@{self.checkpoint['sha256'][:12]}"
+
+
+def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    manifest.files = {f: (folder / f).stat().st_size for f in FILES}
+    (folder / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2))
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    """Read and check a manifest and the presence and sizes of the files it names."""
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    if not folder.is_dir():
+        raise ArtifactError(f"artifact {folder}: no such folder")
+    if not path.exists():
+        raise ArtifactError(f"artifact {folder}: no manifest.json (an incomplete or foreign folder)")
+    try:
+        raw = json.loads(path.read_text())
+        m = Manifest(**raw)
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"artifact {folder}: manifest.json is not a valid manifest ({e})") from None
+    if m.format_version != FORMAT_VERSION:
+        raise ArtifactError(f"artifact {folder}: format version {m.format_version}, this service reads {FORMAT_VERSION}")
+    if m.metric != "inner_product":
+        raise ArtifactError(f"artifact {folder}: metric '{m.metric}', the service serves inner_product only")
+    for f in FILES:
+        p = folder / f
+        if not p.exists():
+            raise ArtifactError(f"artifact {folder}: missing file {f}")
+        if f in m.files and p.stat().st_size != m.files[f]:
+            raise ArtifactError(f"artifact {folder}: {f} is {p.stat().st_size} bytes, the manifest says {m.files[f]}")
+    return m
+
+
+class StagingFolder:
+    """Write into a hidden sibling folder; rename onto the target only on success (else remove it)."""
+
+    def __init__(self, target: str | Path):
+        self.target = Path(target)
+        self.tmp = self.target.parent / f".{self.target.name}.partial-{os.getpid()}"
+
+    def __enter__(self) -> Path:
+        if self.target.exists():
+            raise ArtifactError(f"artifact {self.target}: already exists; artifacts are immutable, choose a new version")
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            os.replace(self.tmp, self.target)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)

@@ -1,0 +1,29 @@
+"""``python -m retrieval {fit,validate,test} --config configs/NAME.yaml``: LightningCLI over the model and data."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from retrieval.contract import DataError
+from retrieval.data import RetrievalData
+from retrieval.model import TwoTowerModel
+
+
+class RetrievalCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Tower input sizes come from the data (vocabularies, feature widths): linked, never retyped.
+        parser.link_arguments("data.item_spec", "model.item_inputs", apply_on="instantiate")
+        parser.link_arguments("data.user_spec", "model.user_inputs", apply_on="instantiate")
+
+
+def main(args: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        RetrievalCLI(TwoTowerModel, RetrievalData, args=args, save_config_kwargs={"overwrite": True})
+    except DataError as e:
+        # A bad log or config is the user's to fix: say what is wrong, without a stack trace.
+        logging.getLogger("retrieval").error("%s", e)
+        sys.exit(2)

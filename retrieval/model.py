@@ -1,0 +1,171 @@
+"""The LightningModule: wires the towers, the losses and the frequency estimator; evaluates recall."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from retrieval.frequency import StreamingFrequency
+from retrieval.losses import sampled_softmax_loss
+from retrieval.metrics import recall_at_k
+from retrieval.towers import build_towers
+
+
+class TwoTowerModel(L.LightningModule):
+    def __init__(
+        self,
+        item_inputs: dict[str, Any],
+        user_inputs: dict[str, Any],
+        embed_dim: int = 64,
+        hidden: list[int] = [256],  # noqa: B006 (a config default, never mutated)
+        out_dim: int = 64,
+        user_ids: bool = False,
+        id_dropout: float = 0.1,
+        temperature: float = 0.05,
+        conversion_weight: float = 1.0,
+        engagement_weight: float = 0.1,
+        aux_weight: float = 0.5,
+        logq: bool = True,
+        freq_alpha: float = 0.05,
+        freq_buckets: int = 1 << 20,
+        lr: float = 1e-3,
+        sparse_lr: float = 1e-2,
+        recall_ks: list[int] = [10, 100],  # noqa: B006
+    ):
+        """
+        Args:
+            item_inputs: item tower input sizes (linked from data.item_spec).
+            user_inputs: user tower input sizes (linked from data.user_spec).
+            embed_dim: width of every ID, history and feature embedding.
+            hidden: widths of each tower's MLP layers.
+            out_dim: dimension of the served embeddings.
+            user_ids: give the user tower a user-ID embedding besides history and features.
+            id_dropout: share of training rows whose ID embedding is zeroed (teaches features-only embedding).
+            temperature: softmax temperature (folded into the user embedding).
+            conversion_weight: weight of conversion positives in the main (served) loss; 0 = engagement-only.
+            engagement_weight: weight of dwell-weighted engagement positives in the main loss; 0 = conversion-only.
+            aux_weight: lambda of the auxiliary engagement head's loss; 0 = no head.
+            logq: logQ correction of in-batch (streaming frequency) and sampled (uniform) negatives.
+            freq_alpha: learning rate of the streaming frequency estimator.
+            freq_buckets: hash buckets of the streaming frequency estimator.
+            lr: Adam learning rate of the dense layers.
+            sparse_lr: SparseAdam learning rate of the embedding tables.
+            recall_ks: K of the recall@K reported in validation and test.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if conversion_weight <= 0 and engagement_weight <= 0:
+            raise ValueError("model: conversion_weight and engagement_weight are both 0: the served head learns nothing")
+        heads = ["conversion"] + (["engagement"] if aux_weight > 0 else [])
+        self.item_tower, self.user_tower = build_towers(item_inputs, user_inputs, embed_dim, hidden, out_dim, heads, user_ids,
+                                                        id_dropout)
+        self.freq = StreamingFrequency(freq_buckets, freq_alpha)
+        self.automatic_optimization = False  # two optimizers: SparseAdam for tables, Adam for dense layers
+        self._val_items: list[Tensor] = []
+        self._recall: dict[str, list[Tensor]] = {}
+
+    # ---- embeddings (used by the index job and the service too) ----
+    def embed_items(self, x: dict[str, Tensor]) -> Tensor:
+        """[B, out_dim] served (conversion) item embeddings."""
+        return self.item_tower(x)["conversion"]
+
+    def embed_users(self, x: dict[str, Tensor]) -> Tensor:
+        """[B, out_dim] served (conversion) user embeddings."""
+        return self.user_tower(x)["conversion"]
+
+    # ---- training ----
+    def _head_loss(self, head: str, u: dict[str, Tensor], p: dict[str, Tensor], n: dict[str, Tensor] | None,
+                   weight: Tensor, batch: dict[str, Any], cand_log_q: Tensor | None) -> Tensor:
+        rows = torch.nonzero(weight > 0).squeeze(1)
+        if rows.numel() == 0:  # keeps every parameter in the graph (DDP) with a zero loss
+            return (u[head].sum() + p[head].sum()) * 0.0
+        h = self.hparams
+        return sampled_softmax_loss(
+            query=u[head][rows] / h.temperature, target=rows, weight=weight[rows],
+            query_user=batch["user_key"][rows], cand=p[head], cand_item=batch["pos_item"],
+            cand_user=batch["user_key"], cand_log_q=cand_log_q,
+            neg=None if n is None else n[head], neg_item=batch.get("neg_item"),
+            neg_log_q=batch.get("neg_log_q") if h.logq else None,
+        )
+
+    def _step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        h = self.hparams
+        u, p = self.user_tower(batch["user"]), self.item_tower(batch["pos"])
+        n = self.item_tower(batch["neg"]) if batch["neg_item"].numel() else None
+        if self.training:
+            self.freq.update(batch["pos_item"])
+        cand_log_q = self.freq.log_prob(batch["pos_item"]) if h.logq else None
+        w, conv = batch["weight"], batch["is_conv"]
+        main_w = w * torch.where(conv, h.conversion_weight, h.engagement_weight)
+        out = {"conversion": self._head_loss("conversion", u, p, n, main_w, batch, cand_log_q)}
+        total = out["conversion"]
+        if h.aux_weight > 0:
+            out["engagement"] = self._head_loss("engagement", u, p, n, w * ~conv, batch, cand_log_q)
+            total = total + h.aux_weight * out["engagement"]
+        out["total"] = total
+        return out
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        opt_sparse, opt_dense = self.optimizers()
+        losses = self._step(batch)
+        opt_sparse.zero_grad()
+        opt_dense.zero_grad()
+        self.manual_backward(losses["total"])
+        # Lightning counts every LightningOptimizer.step() as a global step; stepping the sparse optimizer
+        # underneath keeps global_step = batches (max_steps, logging, checkpoint names mean what they say).
+        opt_sparse.optimizer.step()
+        opt_dense.step()
+        bs = batch["weight"].shape[0]
+        self.log("train/loss", losses["total"], prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/loss_{k}": v for k, v in losses.items() if k != "total"}, batch_size=bs)
+        return losses["total"]
+
+    def configure_optimizers(self):
+        sparse, dense, seen = [], [], set()
+        for m in self.modules():
+            if isinstance(m, nn.Embedding | nn.EmbeddingBag) and m.sparse and id(m.weight) not in seen:
+                seen.add(id(m.weight))
+                sparse.append(m.weight)
+        dense = [p for p in self.parameters() if id(p) not in seen]
+        return [torch.optim.SparseAdam(sparse, lr=self.hparams.sparse_lr),
+                torch.optim.Adam(dense, lr=self.hparams.lr)]
+
+    # ---- evaluation: exact search over the full catalogue ----
+    def _eval_step(self, batch: dict[str, Any], dataloader_idx: int) -> None:
+        if dataloader_idx == 0:  # the catalogue, in order
+            self._val_items.append(self.embed_items(batch["item"]))
+            return
+        items = torch.cat(self._val_items)  # [N, D]
+        scores = self.embed_users(batch["user"]) @ items.T  # [B, N]
+        for name in ("conv", "eng"):
+            for k, r in recall_at_k(scores, batch[f"{name}_targets"], self.hparams.recall_ks).items():
+                r = r[~r.isnan()]
+                acc = self._recall.setdefault(f"{name}_recall@{k}", [torch.zeros((), device=self.device)] * 2)
+                acc[0], acc[1] = acc[0] + r.sum(), acc[1] + r.numel()
+
+    def _eval_end(self, prefix: str) -> None:
+        zero = [torch.zeros((), device=self.device)] * 2
+        for name in [f"{n}_recall@{k}" for n in ("conv", "eng") for k in self.hparams.recall_ks]:
+            total, count = self._recall.get(name, zero)  # every rank reduces every key, even with no users
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+            count = self.trainer.strategy.reduce(count, reduce_op="sum")
+            self.log(f"{prefix}/{name}", total / count.clamp_min(1), prog_bar=name.startswith("conv"),
+                     rank_zero_only=True)
+            if name.endswith(f"@{self.hparams.recall_ks[0]}"):
+                self.log(f"{prefix}/{name.split('_')[0]}_users", count, rank_zero_only=True)
+        self._val_items, self._recall = [], {}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")

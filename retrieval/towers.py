@@ -1,0 +1,99 @@
+"""User and item towers: plain nn.Modules mapping tower inputs to L2-normalised embeddings per head.
+
+Inputs are dicts of tensors (batch first) built by :class:`retrieval.vocab.TowerVocab` and the history
+builder: ``id`` [B] embedding row (0 = no learned id), one entry per feature, and for the user tower
+``hist_items`` [B, L] / ``hist_weights`` [B, L], a bag over the item-ID table shared with the item tower.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class FeatureEmbedder(nn.Module):
+    """One vector per feature (embedding, pooled bag or projection), concatenated: [B, n_groups * dim]."""
+
+    def __init__(self, features: list[dict[str, Any]], dim: int):
+        super().__init__()
+        self.features = [dict(f) for f in features]
+        self.tables = nn.ModuleDict()
+        self.proj = nn.ModuleDict()
+        for f in self.features:
+            if f["kind"] in ("categorical", "hashed"):
+                self.tables[f["name"]] = nn.Embedding(f["width"], dim, padding_idx=0, sparse=True)
+            elif f["kind"] == "multi_hot":
+                self.tables[f["name"]] = nn.EmbeddingBag(f["width"], dim, mode="mean", padding_idx=0, sparse=True)
+            elif f["kind"] == "dense":
+                self.proj[f["name"]] = nn.Linear(f["width"], dim)
+        self.continuous = [f["name"] for f in self.features if f["kind"] == "continuous"]
+        if self.continuous:
+            self.proj["_continuous"] = nn.Linear(len(self.continuous), dim)
+        self.out_dim = dim * (len(self.tables) + len(self.proj))
+
+    def forward(self, x: dict[str, Tensor]) -> list[Tensor]:
+        out = [self.tables[n](x[n]) for n in self.tables]
+        out += [self.proj[n](x[n]) for n in self.proj if n != "_continuous"]
+        if self.continuous:
+            out.append(self.proj["_continuous"](torch.cat([x[n] for n in self.continuous], dim=1)))
+        return out
+
+
+class Tower(nn.Module):
+    """inputs -> concat -> MLP -> one linear head per objective -> L2 normalise.
+
+    id_table: the tower's own ID embedding (None = no ID input); history_table: the item-ID table read as a
+    weighted bag of the user's history (user tower only); id_dropout: share of training rows whose ID
+    embedding is zeroed, so the tower also learns to embed from features alone (new items, new users).
+    """
+
+    def __init__(self, features: list[dict[str, Any]], embed_dim: int, hidden: list[int], out_dim: int,
+                 heads: list[str], id_table: nn.Embedding | None = None, history_table: nn.Embedding | None = None,
+                 id_dropout: float = 0.0):
+        super().__init__()
+        self.id_table, self.history_table, self.id_dropout = id_table, history_table, id_dropout
+        self.embedder = FeatureEmbedder(features, embed_dim)
+        in_dim = self.embedder.out_dim + embed_dim * ((id_table is not None) + (history_table is not None))
+        if in_dim == 0:
+            raise ValueError("a tower needs at least one input: an id table, a history bag or a feature")
+        layers: list[nn.Module] = []
+        for h in hidden:
+            layers += [nn.Linear(in_dim, h), nn.GELU()]
+            in_dim = h
+        self.mlp = nn.Sequential(*layers)
+        self.heads = nn.ModuleDict({name: nn.Linear(in_dim, out_dim) for name in heads})
+
+    def hidden(self, x: dict[str, Tensor]) -> Tensor:
+        parts = self.embedder(x)
+        if self.id_table is not None:
+            e = self.id_table(x["id"])  # [B, E]
+            if self.training and self.id_dropout > 0:
+                e = e * (torch.rand(e.shape[0], 1, device=e.device) >= self.id_dropout)
+            parts.append(e)
+        if self.history_table is not None:
+            w = x["hist_weights"]  # [B, L]
+            bag = F.embedding_bag(x["hist_items"], self.history_table.weight, mode="sum", per_sample_weights=w,
+                                  sparse=True, padding_idx=0)  # [B, E]
+            parts.append(bag / w.sum(1, keepdim=True).clamp_min(1e-6))
+        return self.mlp(torch.cat(parts, dim=1))
+
+    def forward(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
+        h = self.hidden(x)
+        return {name: F.normalize(head(h), dim=-1) for name, head in self.heads.items()}
+
+
+def build_towers(items: dict[str, Any], users: dict[str, Any], embed_dim: int, hidden: list[int], out_dim: int,
+                 heads: list[str], user_ids: bool, id_dropout: float) -> tuple[Tower, Tower]:
+    """Item and user towers sharing the item-ID table. items / users: TowerVocab.spec() dicts."""
+    item_ids = nn.Embedding(items["n_ids"], embed_dim, padding_idx=0, sparse=True)
+    with torch.no_grad():
+        nn.init.normal_(item_ids.weight, std=0.05)
+        item_ids.weight[0].zero_()  # row 0 = "no learned id" stays zero (padding_idx keeps it there)
+    user_table = nn.Embedding(users["n_ids"], embed_dim, padding_idx=0, sparse=True) if user_ids else None
+    item_tower = Tower(items["features"], embed_dim, hidden, out_dim, heads, id_table=item_ids, id_dropout=id_dropout)
+    user_tower = Tower(users["features"], embed_dim, hidden, out_dim, heads, id_table=user_table,
+                       history_table=item_ids, id_dropout=id_dropout)
+    return item_tower, user_tower

@@ -1,0 +1,32 @@
+"""``python -m serve --artifacts artifacts/VERSION [--host 127.0.0.1 --port 8000]`` (flags or RETRIEVAL_* env)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+from pydantic_settings import CliApp
+
+from index.artifact import ArtifactError, read_manifest
+from serve.app import create_app
+from serve.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = CliApp.run(Settings, cli_args=sys.argv[1:] if argv is None else argv)
+    except ValidationError as e:
+        sys.exit(f"error: {e}")
+    try:
+        read_manifest(settings.artifacts)  # fail fast, in one line, on a missing or incomplete artifact
+    except ArtifactError as e:
+        sys.exit(f"error: {e}")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+                log_level=settings.log_level, access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Prometheus metrics of one app (its own registry, so several apps in one process do not collide)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+ENDPOINTS = {"/candidates", "/healthz", "/readyz", "/metrics", "/admin/swap", "/admin/items", "/docs", "/openapi.json"}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("retrieval_requests_total", "HTTP requests", ["endpoint", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("retrieval_request_seconds", "HTTP request latency", ["endpoint", "status"],
+                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5),
+                                 registry=self.registry)
+        self.fallbacks = Counter("retrieval_fallback_total", "answers from the popularity fallback (unknown users)",
+                                 registry=self.registry)
+        self.swap_failures = Counter("retrieval_swap_failures_total", "artifact swaps refused", registry=self.registry)
+        self.version = Gauge("retrieval_artifact_info", "the artifact being served", ["model_version"],
+                             registry=self.registry)
+
+    def set_version(self, version: str) -> None:
+        self.version.clear()
+        self.version.labels(model_version=version).set(1)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    class Middleware:
+        """Pure ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path): count and time requests."""
+
+        def __init__(self, app, metrics: Metrics):
+            self.app, self.metrics = app, metrics
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http":
+                return await self.app(scope, receive, send)
+            start, status = time.perf_counter(), [500]
+
+            async def send_status(message):
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_status)
+            finally:
+                path = scope.get("path", "")
+                endpoint = path if path in ENDPOINTS else "other"  # bounded label cardinality
+                labels = {"endpoint": endpoint, "status": str(status[0])}
+                self.metrics.requests.labels(**labels).inc()
+                self.metrics.latency.labels(**labels).observe(time.perf_counter() - start)
