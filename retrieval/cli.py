@@ -19,10 +19,11 @@ class RetrievalCLI(LightningCLI):
         parser.link_arguments("data.user_spec", "model.user_inputs", apply_on="instantiate")
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None) -> RetrievalCLI:
+    """Run a LightningCLI subcommand; returns the CLI (its trainer holds the metrics)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        RetrievalCLI(TwoTowerModel, RetrievalData, args=args, save_config_kwargs={"overwrite": True})
+        return RetrievalCLI(TwoTowerModel, RetrievalData, args=args, save_config_kwargs={"overwrite": True})
     except DataError as e:
         # A bad log or config is the user's to fix: say what is wrong, without a stack trace.
         logging.getLogger("retrieval").error("%s", e)

@@ -51,6 +51,14 @@ def open_table(path: str | Path, what: str = "events") -> ds.Dataset:
 def check_events_schema(dataset: ds.Dataset, path: str | Path) -> None:
     """Check that an events dataset has the contract's columns with acceptable types."""
     schema = dataset.schema
+    # A dataset takes its schema from one file and casts the others; ids typed differently across files
+    # would be coerced silently, so compare every file's own schema.
+    for frag in dataset.get_fragments():
+        own = frag.physical_schema
+        for col in ("user_id", "item_id", "ts", "event"):
+            if col in own.names and col in schema.names and own.field(col).type != schema.field(col).type:
+                raise DataError(f"events: {frag.path}: column '{col}' has type {own.field(col).type} but other files "
+                                f"of {path} have {schema.field(col).type}; ids of mixed types")
     for col in EVENT_COLUMNS:
         if col not in schema.names:
             raise DataError(f"events: {path}: missing column '{col}' (has: {', '.join(schema.names)})")

@@ -70,7 +70,7 @@ def _as_float(col: pa.Array, name: str, path: str) -> np.ndarray:
     if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
         raise DataError(f"features: {path}: column '{name}' has type {col.type}; a continuous feature must be numeric")
     x = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
-    present = ~np.isnan(x) if col.null_count == 0 else pc.is_valid(col).to_numpy(zero_copy_only=False)
+    present = pc.is_valid(col).to_numpy(zero_copy_only=False)  # null = missing; a NaN value is an error
     if not np.isfinite(x[present]).all():
         raise DataError(f"features: {path}: column '{name}' has NaN or infinite values; use null for missing")
     return np.where(present, x, np.nan)

@@ -153,9 +153,9 @@ class TwoTowerModel(L.LightningModule):
             total = self.trainer.strategy.reduce(total, reduce_op="sum")
             count = self.trainer.strategy.reduce(count, reduce_op="sum")
             self.log(f"{prefix}/{name}", total / count.clamp_min(1), prog_bar=name.startswith("conv"),
-                     rank_zero_only=True)
+                     sync_dist=True)  # already summed over ranks: equal everywhere
             if name.endswith(f"@{self.hparams.recall_ks[0]}"):
-                self.log(f"{prefix}/{name.split('_')[0]}_users", count, rank_zero_only=True)
+                self.log(f"{prefix}/{name.split('_')[0]}_users", count, sync_dist=True)
         self._val_items, self._recall = [], {}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:

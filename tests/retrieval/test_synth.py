@@ -1,0 +1,54 @@
+"""The synthetic world's planted properties."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from retrieval.corpus import SplitConfig
+from retrieval.events import EventRoles, load_events
+from retrieval.split import temporal_split
+from retrieval.synth import WorldConfig, generate
+
+
+def test_planted_properties(tiny_world):
+    summary = json.loads((tiny_world / "world.json").read_text())
+    assert 0.01 < summary["conversion_rate"] < 0.08  # sparse conversions: a few per cent of engagement
+    ev = pq.read_table(tiny_world / "events.parquet")
+    items = pq.read_table(tiny_world / "items.parquet")
+    assert set(ev.column("event").to_pylist()) == {"view", "click", "add_to_cart", "purchase"}
+    dwell = ev.column("dwell_s").to_numpy(zero_copy_only=False)
+    assert 0.15 < np.isnan(dwell).mean() < 0.45  # a share of rows leave dwell to be derived
+    # Late items have features but no event before the default training window ends.
+    split = temporal_split(ev.column("ts").to_numpy(), SplitConfig().val_fraction, SplitConfig().test_fraction)
+    late = items.filter(items.column("launch_ts").to_numpy() >= summary["late_after_ts"])
+    assert late.num_rows > 0
+    ts, item = ev.column("ts").to_numpy(), ev.column("item_id").to_numpy()
+    assert not np.isin(item[ts < split.val_start], late.column("item_id").to_numpy()).any()
+    # Zipf-like popularity: the top 10% of items get a large share of views.
+    views = np.bincount(item[ev.column("event").to_numpy(zero_copy_only=False) == "view"] - 100_000)
+    top = np.sort(views)[::-1]
+    assert top[: len(top) // 10].sum() > 0.3 * top.sum()
+
+
+def test_dwell_reveals_what_is_bought(tiny_world):
+    """Engagement followed by a purchase of the same item dwells longer: dwell carries signal."""
+    e = load_events(tiny_world / "events.parquet", EventRoles({"purchase": 1.0}, {"view": 1.0}))
+    bought = set(zip(e.user[e.kind == 1].tolist(), e.item[e.kind == 1].tolist(), strict=True))
+    views = e.kind == 0
+    mask = np.array([(u, i) in bought for u, i in zip(e.user[views], e.item[views], strict=True)])
+    d = e.dwell[views]
+    assert np.median(d[mask]) > 1.3 * np.median(d[~mask])
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    cfg = WorldConfig(users=50, items=40, seed=3)
+    generate(tmp_path / "a", cfg)
+    generate(tmp_path / "b", cfg)
+    for f in ("events.parquet", "items.parquet", "users.parquet"):
+        assert pq.read_table(tmp_path / "a" / f).equals(pq.read_table(tmp_path / "b" / f))
+    generate(tmp_path / "c", WorldConfig(users=50, items=40, seed=4))
+    assert not pq.read_table(tmp_path / "a" / "events.parquet").equals(pq.read_table(tmp_path / "c" / "events.parquet"))
+
