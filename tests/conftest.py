@@ -4,21 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from helpers import fit_args
 
 from retrieval.synth import WorldConfig, generate
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "tiny.yaml")
-
-
-def write_events(path: Path, rows: list[dict], schema: pa.Schema | None = None) -> Path:
-    """Write hand-built event rows to Parquet (columns from the dict keys)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -26,12 +15,6 @@ def tiny_world(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_world")
     generate(out, WorldConfig(users=400, items=200, categories=8, seed=7))
     return out
-
-
-def fit_args(world: Path, root: Path, *extra: str) -> list[str]:
-    """CLI args training configs/tiny.yaml on ``world`` with outputs under ``root``."""
-    return ["--config", TINY, f"--data.events={world / 'events.parquet'}", f"--data.items={world / 'items.parquet'}",
-            f"--data.users={world / 'users.parquet'}", f"--trainer.default_root_dir={root}", *extra]
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_events
+from helpers import write_events
 
 from retrieval.contract import DataError
 from retrieval.events import EventRoles, load_events

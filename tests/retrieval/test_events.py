@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import write_events
+from helpers import write_events
 
 from retrieval.contract import DataError
 from retrieval.events import CONVERSION, DwellConfig, EventRoles, load_events

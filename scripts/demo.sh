@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The main job end to end on the embedded default: generate the synthetic world, train, build the index,
+# start the service, ask it for candidates, stop it. Everything lands under work/demo/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+W=work/demo
+PORT=${PORT:-8000}
+VERSION=${VERSION:-v$(date +%Y%m%d-%H%M%S)}
+
+echo "== 1/4 synthetic shopping world -> $W/data"
+python -m retrieval.synth --out "$W/data"
+
+echo "== 2/4 train the two towers (configs/demo.yaml)"
+python -m retrieval fit --config configs/demo.yaml --trainer.enable_progress_bar=false
+CKPT=$(ls -t "$W"/runs/demo/version_*/checkpoints/last.ckpt | head -1)
+
+echo "== 3/4 build the index -> $W/artifacts/$VERSION"
+python -m index build --checkpoint "$CKPT" --out "$W/artifacts/$VERSION" --no-progress
+
+echo "== 4/4 serve on 127.0.0.1:$PORT and ask for candidates"
+python -m serve --artifacts "$W/artifacts/$VERSION" --port "$PORT" > "$W/serve.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+  python - "$PORT" <<'PY' && break || sleep 0.2
+import sys, urllib.request
+urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/readyz", timeout=1)
+PY
+done
+python - "$PORT" <<'PY'
+import json, sys, urllib.request
+base = f"http://127.0.0.1:{sys.argv[1]}"
+for user in ("1", "someone-new"):
+    with urllib.request.urlopen(f"{base}/candidates?user={user}&k=5") as r:
+        print(f"GET /candidates?user={user}&k=5 ->")
+        print(json.dumps(json.loads(r.read()), indent=2))
+PY
+echo "== done: artifact $W/artifacts/$VERSION, training logs under $W/runs, service log $W/serve.log"

@@ -1,0 +1,97 @@
+"""The index build job: artifact contents, manifest, recall check, atomic folder, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from index.artifact import ArtifactError, read_manifest
+from index.build import build
+from index.faiss_index import exact_topk
+from retrieval.checkpoint import CheckpointError, load_trained
+
+
+def test_artifact_contents_match_the_model(artifact, trained):
+    m = read_manifest(artifact)
+    assert m.factory == "Flat" and m.metric == "inner_product" and m.recall_check["recall"] == 1.0
+    assert m.checkpoint["sha256"] and m.item_id_type == "int"
+    items = pq.read_table(artifact / "items.parquet")
+    users = pq.read_table(artifact / "users.parquet")
+    assert items.num_rows == m.n_items == 200  # every catalogue item, those without history too
+    assert users.num_rows == m.n_users
+    vec = np.stack(items.column("vector").to_numpy(zero_copy_only=False))
+    assert vec.shape == (m.n_items, m.embedding_dim)
+    assert np.allclose(np.linalg.norm(vec, axis=1), 1.0, atol=1e-4)
+    # The slim model.pt reproduces the same item embeddings as the training checkpoint.
+    a, b = load_trained(trained), load_trained(artifact / "model.pt")
+    corpus = a.corpus()
+    from retrieval.data import to_torch
+    x = to_torch(corpus.item_batch(np.arange(5)))
+    with torch.inference_mode():
+        assert torch.allclose(a.model.embed_items(x), b.model.embed_items(x))
+    assert np.allclose(vec[:5], a.model.embed_items(x).detach().numpy(), atol=1e-6)
+
+
+def test_popular_and_purchased_exports(artifact):
+    pop = pq.read_table(artifact / "popular.parquet")
+    s = pop.column("score").to_numpy()
+    assert len(s) > 0 and (np.diff(s) <= 0).all()
+    users = pq.read_table(artifact / "users.parquet")
+    assert sum(len(p) for p in users.column("purchased").to_pylist()) > 0
+
+
+def test_ann_artifact_records_measured_recall(trained, tmp_path):
+    m = build(trained, tmp_path / "hnsw", "HNSW32", progress=False, recall_k=20)
+    assert 0.5 < m.recall_check["recall"] <= 1.0 and m.recall_check["k"] == 20
+    assert m.search_params == {"efSearch": 128}
+    raw = json.loads((tmp_path / "hnsw" / "manifest.json").read_text())
+    assert raw["recall_check"]["recall"] == m.recall_check["recall"]
+
+
+def test_failed_build_leaves_no_folder(trained, tmp_path, monkeypatch):
+    """A failure after files were written (here: the manifest) leaves neither the folder nor the staging copy."""
+    import index.build as job
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(job, "write_manifest", boom)
+    with pytest.raises(OSError, match="disk full"):
+        build(trained, tmp_path / "bad", "Flat", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError):
+        build(trained, tmp_path / "bad", "NotAFactory", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_version_is_not_overwritten(artifact):
+    from index.artifact import StagingFolder
+
+    before = read_manifest(artifact)
+    with pytest.raises(ArtifactError, match="already exists"), StagingFolder(artifact):
+        pass
+    assert read_manifest(artifact) == before
+
+
+def test_bad_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_trained(tmp_path / "none.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_trained(tmp_path / "junk.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "partial.ckpt")
+    with pytest.raises(CheckpointError, match="lacks"):
+        load_trained(tmp_path / "partial.ckpt")
+
+
+def test_exact_user_topk_is_what_flat_serves(artifact):
+    import faiss
+    index = faiss.read_index(str(artifact / "index.faiss"))
+    items = np.stack(pq.read_table(artifact / "items.parquet").column("vector").to_numpy(zero_copy_only=False))
+    users = np.stack(pq.read_table(artifact / "users.parquet").column("vector").to_numpy(zero_copy_only=False))
+    _, rows = index.search(users[:20].astype(np.float32), 10)
+    assert (rows == exact_topk(users[:20].astype(np.float32), items.astype(np.float32), 10)[1]).all()

@@ -1,0 +1,101 @@
+"""Training end to end through the CLI: fit -> test, planted structure, ablations, resume, DDP."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from helpers import ROOT, fit_args
+
+from retrieval.cli import main
+
+
+def metrics(cli) -> dict[str, float]:
+    return {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+
+
+def test_fit_then_test_reports_recall(trained, tiny_world, tmp_path):
+    cli = main(["test", *fit_args(tiny_world, tmp_path), f"--ckpt_path={trained}"])
+    m = metrics(cli)
+    for key in ("test/conv_recall@10", "test/conv_recall@100", "test/eng_recall@10", "test/eng_recall@100"):
+        assert 0.0 <= m[key] <= 1.0
+    assert m["test/conv_users"] > 0
+    # The checkpoint is the index job's contract: config, data config, vocabularies, weights.
+    ck = torch.load(trained, weights_only=True)
+    assert {"hyper_parameters", "datamodule_hyper_parameters", "RetrievalData", "state_dict"} <= set(ck)
+    assert ck["global_step"] == ck["epoch"] * 0 + ck["global_step"] and ck["global_step"] > 0
+
+
+def planted_world(path, n_users=240, n_items=120, clusters=6, seed=0):
+    """Users and items in clusters; users view and buy only items of their own cluster, popularity is flat."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    per = n_items // clusters
+    t = 1_000_000
+    for u in range(n_users):
+        c = u % clusters
+        for s in range(8):
+            t0 = t + rng.integers(0, 30 * 86400)
+            for v in range(5):
+                item = c * per + int(rng.integers(per))
+                rows.append({"user_id": u, "item_id": item, "event": "view", "ts": int(t0 + 60 * v), "dwell_s": 20.0})
+                if rng.random() < 0.3:
+                    rows.append({"user_id": u, "item_id": item, "event": "purchase", "ts": int(t0 + 60 * v + 30),
+                                 "dwell_s": None})
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def test_planted_structure_is_retrieved(tmp_path):
+    planted_world(tmp_path / "events.parquet")
+    args = ["--config", str(ROOT / "configs" / "tiny.yaml"), f"--data.events={tmp_path / 'events.parquet'}",
+            "--data.items=null", "--data.users=null", "--data.item_features=[]", "--data.user_features=[]",
+            f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=6", "--trainer.limit_train_batches=null",
+            "--data.batch_size=64"]
+    main(["fit", *args])
+    m = metrics(main(["test", *args, f"--ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"]))
+    chance = 10 / 120  # a random or popularity ranking (popularity is flat here)
+    assert m["test/conv_recall@10"] > 3.5 * chance, m  # the own cluster holds 20 items: a perfect model gets ~0.5
+
+
+@pytest.mark.parametrize("ablation", ["conversion_only", "engagement_only", "dual_no_head", "no_logq", "in_batch_only"])
+def test_each_ablation_trains_from_config_alone(ablation, tiny_world, tmp_path):
+    cli = main(["fit", *fit_args(tiny_world, tmp_path, "--config", str(ROOT / "configs" / "ablations" / f"{ablation}.yaml"),
+                                 "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=0")])
+    heads = set(cli.model.user_tower.heads)
+    assert heads == ({"conversion"} if ablation != "no_logq" and ablation != "in_batch_only" else {"conversion", "engagement"})
+    assert np.isfinite(metrics(cli)["train/loss"])
+
+
+def test_resume_from_checkpoint_continues(tiny_world, tmp_path):
+    main(["fit", *fit_args(tiny_world, tmp_path, "--trainer.max_epochs=1", "--trainer.limit_val_batches=0")])
+    first = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert first["global_step"] == 5 and first["epoch"] == 0  # 5 batches, one optimizer step each
+    cli = main(["fit", *fit_args(tiny_world, tmp_path, "--trainer.max_epochs=2", "--trainer.limit_val_batches=0"),
+                f"--ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"])
+    assert cli.trainer.global_step == 10 and cli.trainer.current_epoch == 2
+    assert cli.model.freq.step.item() == 10  # the frequency estimator resumed with the weights
+
+
+def test_bad_data_exits_with_a_clear_error(tmp_path):
+    (tmp_path / "events.parquet").write_text("not parquet")
+    r = subprocess.run([sys.executable, "-m", "retrieval", "fit", "--config", str(ROOT / "configs" / "tiny.yaml"),
+                        f"--data.events={tmp_path / 'events.parquet'}", "--data.items=null", "--data.users=null",
+                        "--data.item_features=[]", "--data.user_features=[]"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "not a readable Parquet file" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tiny_world, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "retrieval", "fit", *fit_args(tiny_world, tmp_path),
+                        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+                        "--trainer.max_epochs=2"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Starting with 2 processes" in r.stderr + r.stdout
+    ck = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ck["epoch"] == 1 and ck["global_step"] == 10  # each rank took 5 batches a epoch, in step
