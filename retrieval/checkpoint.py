@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from retrieval.corpus import Corpus, DwellWeighting, HistoryConfig, SplitConfig
+from retrieval.corpus import Corpus, DwellWeighting, HistoryConfig
 from retrieval.events import DwellConfig, EventRoles
 from retrieval.model import TwoTowerModel
 

@@ -22,7 +22,7 @@ python -m serve --artifacts "$W/artifacts/$VERSION" --port "$PORT" > "$W/serve.l
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
-  python - "$PORT" <<'PY' && break || sleep 0.2
+  python - "$PORT" 2>/dev/null <<'PY' && break || sleep 0.2
 import sys, urllib.request
 urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/readyz", timeout=1)
 PY

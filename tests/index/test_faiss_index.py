@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index.faiss_index import build_index, default_search_params, apply_search_params, exact_topk, gpu_count, measure_recall
+from index.faiss_index import (
+    apply_search_params,
+    build_index,
+    default_search_params,
+    exact_topk,
+    gpu_count,
+    measure_recall,
+)
 
 
 def vectors(n=2000, d=16, seed=0):

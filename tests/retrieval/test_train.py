@@ -39,7 +39,7 @@ def planted_world(path, n_users=240, n_items=120, clusters=6, seed=0):
     t = 1_000_000
     for u in range(n_users):
         c = u % clusters
-        for s in range(8):
+        for _session in range(8):
             t0 = t + rng.integers(0, 30 * 86400)
             for v in range(5):
                 item = c * per + int(rng.integers(per))

@@ -3,8 +3,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from helpers import TOKEN
 from fastapi.testclient import TestClient
+from helpers import TOKEN
 
 from index.build import build
 from serve.app import create_app

@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import AUTH, TOKEN
 from fastapi.testclient import TestClient
+from helpers import AUTH, TOKEN
 
 from index.artifact import read_manifest
 from serve.app import create_app
