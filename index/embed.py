@@ -15,7 +15,7 @@ from retrieval.model import TwoTowerModel
 def embed_items(model: TwoTowerModel, corpus: Corpus, batch_size: int = 8192, progress: bool = True) -> np.ndarray:
     """[N, D] float32 served embeddings of catalogue rows 0..N-1 (items without history too)."""
     n = corpus.n_items
-    out = np.empty((n, model.hparams.out_dim), np.float32)
+    out = np.empty((n, model.embedding_dim), np.float32)
     for lo in tqdm(range(0, n, batch_size), desc="embed items", unit="batch", disable=not progress):
         rows = np.arange(lo, min(n, lo + batch_size))
         out[lo: lo + len(rows)] = model.embed_items(to_torch(corpus.item_batch(rows))).numpy()
@@ -28,7 +28,7 @@ def embed_users(model: TwoTowerModel, corpus: Corpus, batch_size: int = 8192, pr
     ev = corpus.events
     n = len(ev.user_vocab)
     now = int(ev.ts.max()) + 1
-    out = np.empty((n, model.hparams.out_dim), np.float32)
+    out = np.empty((n, model.embedding_dim), np.float32)
     for lo in tqdm(range(0, n, batch_size), desc="embed users", unit="batch", disable=not progress):
         users = np.arange(lo, min(n, lo + batch_size))
         x = corpus.user_batch(users, corpus.user_end[users], np.full(len(users), now, np.int64))

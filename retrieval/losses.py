@@ -29,7 +29,10 @@ def sampled_softmax_loss(
 
     logQ: every column's logit is lowered by its log expected count, the positive's too (Yi et al., 2019).
     Masking: a column is dropped for a row when it is the same item as the row's positive (accidental
-    hit) or another positive of the same user in the batch, except the row's own target column.
+    hit) or another positive of the same user in the batch, except the row's own target column; and an
+    item repeated in the batch keeps one column (its first), because cand_log_q is the chance of an item
+    being in the batch, not its count: left in, a popular item would weigh in the denominator as many
+    times as it repeats, and the model would learn to rank popular items down.
     """
     R, B = query.shape[0], cand.shape[0]
     logits = query @ cand.T  # [R, B]
@@ -38,7 +41,10 @@ def sampled_softmax_loss(
     pos_item = cand_item[target]  # [R]
     own = torch.zeros(R, B, dtype=torch.bool, device=query.device)
     own[torch.arange(R, device=query.device), target] = True
-    drop = ((cand_item[None, :] == pos_item[:, None]) | (cand_user[None, :] == query_user[:, None])) & ~own
+    same_item = cand_item[None, :] == cand_item[:, None]  # [B, B]
+    repeat = same_item.to(torch.int8).argmax(0) != torch.arange(B, device=query.device)  # [B] not first occurrence
+    drop = ((cand_item[None, :] == pos_item[:, None]) | (cand_user[None, :] == query_user[:, None])
+            | repeat[None, :]) & ~own
     logits = logits.masked_fill(drop, float("-inf"))
     if neg is not None and neg.shape[0] > 0:
         nl = query @ neg.T  # [R, N]

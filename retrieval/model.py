@@ -25,6 +25,7 @@ class TwoTowerModel(L.LightningModule):
         user_ids: bool = False,
         id_dropout: float = 0.1,
         temperature: float = 0.05,
+        item_bias: bool = True,
         conversion_weight: float = 1.0,
         engagement_weight: float = 0.1,
         aux_weight: float = 0.5,
@@ -32,7 +33,7 @@ class TwoTowerModel(L.LightningModule):
         freq_alpha: float = 0.05,
         freq_buckets: int = 1 << 20,
         lr: float = 1e-3,
-        sparse_lr: float = 1e-2,
+        sparse_lr: float = 3e-3,
         recall_ks: list[int] = [10, 100],  # noqa: B006
     ):
         """
@@ -45,6 +46,8 @@ class TwoTowerModel(L.LightningModule):
             user_ids: give the user tower a user-ID embedding besides history and features.
             id_dropout: share of training rows whose ID embedding is zeroed (teaches features-only embedding).
             temperature: softmax temperature (folded into the user embedding).
+            item_bias: a learned scalar per item (from the item tower) added to its logit; served as one
+                more dimension, so inner-product search stays exact.
             conversion_weight: weight of conversion positives in the main (served) loss; 0 = engagement-only.
             engagement_weight: weight of dwell-weighted engagement positives in the main loss; 0 = conversion-only.
             aux_weight: lambda of the auxiliary engagement head's loss; 0 = no head.
@@ -61,20 +64,35 @@ class TwoTowerModel(L.LightningModule):
             raise ValueError("model: conversion_weight and engagement_weight are both 0: the served head learns nothing")
         heads = ["conversion"] + (["engagement"] if aux_weight > 0 else [])
         self.item_tower, self.user_tower = build_towers(item_inputs, user_inputs, embed_dim, hidden, out_dim, heads, user_ids,
-                                                        id_dropout)
+                                                        id_dropout, item_bias)
         self.freq = StreamingFrequency(freq_buckets, freq_alpha)
         self.automatic_optimization = False  # two optimizers: SparseAdam for tables, Adam for dense layers
         self._val_items: list[Tensor] = []
         self._recall: dict[str, list[Tensor]] = {}
 
     # ---- embeddings (used by the index job and the service too) ----
+    # Training scores u.e / temperature + b; served vectors [e, temperature * b] and [u, 1] give
+    # temperature times that score: the same ranking, by plain inner product.
+    @property
+    def embedding_dim(self) -> int:
+        return self.hparams.out_dim + int(self.hparams.item_bias)
+
+    def _query(self, u: Tensor) -> Tensor:
+        """[B, embedding_dim] training query: user embedding / temperature (+ 1 to pick up the item bias)."""
+        q = u / self.hparams.temperature
+        return torch.cat([q, torch.ones_like(q[:, :1])], 1) if self.hparams.item_bias else q
+
     def embed_items(self, x: dict[str, Tensor]) -> Tensor:
-        """[B, out_dim] served (conversion) item embeddings."""
-        return self.item_tower(x)["conversion"]
+        """[B, embedding_dim] served (conversion) item vectors."""
+        e = self.item_tower(x)["conversion"]
+        if self.hparams.item_bias:
+            e = torch.cat([e[:, :-1], e[:, -1:] * self.hparams.temperature], 1)
+        return e
 
     def embed_users(self, x: dict[str, Tensor]) -> Tensor:
-        """[B, out_dim] served (conversion) user embeddings."""
-        return self.user_tower(x)["conversion"]
+        """[B, embedding_dim] served (conversion) user vectors."""
+        u = self.user_tower(x)["conversion"]
+        return torch.cat([u, torch.ones_like(u[:, :1])], 1) if self.hparams.item_bias else u
 
     # ---- training ----
     def _head_loss(self, head: str, u: dict[str, Tensor], p: dict[str, Tensor], n: dict[str, Tensor] | None,
@@ -84,7 +102,7 @@ class TwoTowerModel(L.LightningModule):
             return (u[head].sum() + p[head].sum()) * 0.0
         h = self.hparams
         return sampled_softmax_loss(
-            query=u[head][rows] / h.temperature, target=rows, weight=weight[rows],
+            query=self._query(u[head][rows]), target=rows, weight=weight[rows],
             query_user=batch["user_key"][rows], cand=p[head], cand_item=batch["pos_item"],
             cand_user=batch["user_key"], cand_log_q=cand_log_q,
             neg=None if n is None else n[head], neg_item=batch.get("neg_item"),

@@ -43,16 +43,18 @@ class FeatureEmbedder(nn.Module):
 
 
 class Tower(nn.Module):
-    """inputs -> concat -> MLP -> one linear head per objective -> L2 normalise.
+    """inputs -> concat -> MLP -> one linear head per objective -> L2 normalise (+ a scalar bias per head).
 
     id_table: the tower's own ID embedding (None = no ID input); history_table: the item-ID table read as a
     weighted bag of the user's history (user tower only); id_dropout: share of training rows whose ID
-    embedding is zeroed, so the tower also learns to embed from features alone (new items, new users).
+    embedding is zeroed, so the tower also learns to embed from features alone (new items, new users);
+    bias: each head also outputs an unnormalised scalar (item popularity that normalised vectors cannot hold),
+    appended as the last column: [B, out_dim + 1].
     """
 
     def __init__(self, features: list[dict[str, Any]], embed_dim: int, hidden: list[int], out_dim: int,
                  heads: list[str], id_table: nn.Embedding | None = None, history_table: nn.Embedding | None = None,
-                 id_dropout: float = 0.0):
+                 id_dropout: float = 0.0, bias: bool = False):
         super().__init__()
         self.id_table, self.history_table, self.id_dropout = id_table, history_table, id_dropout
         self.embedder = FeatureEmbedder(features, embed_dim)
@@ -65,6 +67,7 @@ class Tower(nn.Module):
             in_dim = h
         self.mlp = nn.Sequential(*layers)
         self.heads = nn.ModuleDict({name: nn.Linear(in_dim, out_dim) for name in heads})
+        self.biases = nn.ModuleDict({name: nn.Linear(in_dim, 1) for name in heads}) if bias else None
 
     def hidden(self, x: dict[str, Tensor]) -> Tensor:
         parts = self.embedder(x)
@@ -74,7 +77,7 @@ class Tower(nn.Module):
                 e = e * (torch.rand(e.shape[0], 1, device=e.device) >= self.id_dropout)
             parts.append(e)
         if self.history_table is not None:
-            w = x["hist_weights"]  # [B, L]
+            w = x["hist_weights"] * (x["hist_items"] > 0)  # [B, L]; padding (id 0) weighs nothing
             bag = F.embedding_bag(x["hist_items"], self.history_table.weight, mode="sum", per_sample_weights=w,
                                   sparse=True, padding_idx=0)  # [B, E]
             parts.append(bag / w.sum(1, keepdim=True).clamp_min(1e-6))
@@ -82,18 +85,22 @@ class Tower(nn.Module):
 
     def forward(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
         h = self.hidden(x)
-        return {name: F.normalize(head(h), dim=-1) for name, head in self.heads.items()}
+        out = {name: F.normalize(head(h), dim=-1) for name, head in self.heads.items()}
+        if self.biases is not None:
+            out = {name: torch.cat([e, self.biases[name](h)], dim=-1) for name, e in out.items()}
+        return out
 
 
 def build_towers(items: dict[str, Any], users: dict[str, Any], embed_dim: int, hidden: list[int], out_dim: int,
-                 heads: list[str], user_ids: bool, id_dropout: float) -> tuple[Tower, Tower]:
+                 heads: list[str], user_ids: bool, id_dropout: float, item_bias: bool) -> tuple[Tower, Tower]:
     """Item and user towers sharing the item-ID table. items / users: TowerVocab.spec() dicts."""
     item_ids = nn.Embedding(items["n_ids"], embed_dim, padding_idx=0, sparse=True)
     with torch.no_grad():
         nn.init.normal_(item_ids.weight, std=0.05)
         item_ids.weight[0].zero_()  # row 0 = "no learned id" stays zero (padding_idx keeps it there)
     user_table = nn.Embedding(users["n_ids"], embed_dim, padding_idx=0, sparse=True) if user_ids else None
-    item_tower = Tower(items["features"], embed_dim, hidden, out_dim, heads, id_table=item_ids, id_dropout=id_dropout)
+    item_tower = Tower(items["features"], embed_dim, hidden, out_dim, heads, id_table=item_ids, id_dropout=id_dropout,
+                       bias=item_bias)
     user_tower = Tower(users["features"], embed_dim, hidden, out_dim, heads, id_table=user_table,
                        history_table=item_ids, id_dropout=id_dropout)
     return item_tower, user_tower

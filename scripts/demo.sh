@@ -12,7 +12,7 @@ python -m retrieval.synth --out "$W/data"
 
 echo "== 2/4 train the two towers (configs/demo.yaml)"
 python -m retrieval fit --config configs/demo.yaml --trainer.enable_progress_bar=false
-CKPT=$(ls -t "$W"/runs/demo/version_*/checkpoints/last.ckpt | head -1)
+CKPT=$(ls -t "$W"/runs/demo/version_*/checkpoints/best.ckpt | head -1)  # best validation conversion recall@100
 
 echo "== 3/4 build the index -> $W/artifacts/$VERSION"
 python -m index build --checkpoint "$CKPT" --out "$W/artifacts/$VERSION" --no-progress

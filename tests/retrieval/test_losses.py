@@ -24,6 +24,8 @@ def reference(query, target, weight, query_user, cand, cand_item, cand_user, can
                 continue
             if int(cand_item[j]) == pos_item or int(cand_user[j]) == user:
                 continue  # accidental hit, or another positive of the same user
+            if any(int(cand_item[i]) == int(cand_item[j]) for i in range(j)):
+                continue  # a repeat of an item already among the candidates
             logits.append(s)
         logits.append(pos_logit)
         for n in range(0 if neg is None else len(neg)):
@@ -95,3 +97,18 @@ def test_gradients_flow_and_zero_weight_rows_do_not_count():
     a["weight"][2] = 0.0
     sampled_softmax_loss(**a).backward()
     assert a["query"].grad[2].abs().sum() == 0 and a["query"].grad[0].abs().sum() > 0
+
+
+def test_repeated_items_count_once():
+    """A popular item repeated in the batch must not weigh more than once in another row's denominator."""
+    a = make(5)
+    a["cand_item"] = torch.tensor([10, 11, 12, 12, 12, 13, 14, 15])
+    a["cand_user"] = torch.arange(8)
+    a["query_user"] = torch.arange(8)
+    a["cand"] = a["cand"].clone()
+    a["cand"][3] = a["cand"][4] = a["cand"][2]  # the same item embeds the same
+    once = dict(a, query=a["query"][:2], target=a["target"][:2], weight=a["weight"][:2], query_user=a["query_user"][:2])
+    dedup = dict(once, cand=a["cand"][[0, 1, 2, 5, 6, 7]], cand_item=a["cand_item"][[0, 1, 2, 5, 6, 7]],
+                 cand_user=a["cand_user"][[0, 1, 2, 5, 6, 7]], cand_log_q=a["cand_log_q"][[0, 1, 2, 5, 6, 7]])
+    assert torch.allclose(sampled_softmax_loss(**once), sampled_softmax_loss(**dedup))
+    assert torch.allclose(sampled_softmax_loss(**a), torch.tensor(reference(**a), dtype=torch.float64))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 
@@ -147,8 +148,9 @@ def test_bad_artifact_is_refused_and_old_keeps_serving(client, root, tmp_path, d
     elif damage == "missing_file":
         (bad / "users.parquet").unlink()
     elif damage == "dim_mismatch":
-        m = (bad / "manifest.json").read_text().replace('"embedding_dim": 16', '"embedding_dim": 32')
-        (bad / "manifest.json").write_text(m)
+        m = json.loads((bad / "manifest.json").read_text())
+        m["embedding_dim"] += 16
+        (bad / "manifest.json").write_text(json.dumps(m))
     else:
         (bad / "manifest.json").unlink()
     before = client.get("/candidates", params={"user": "1", "k": 5}).json()

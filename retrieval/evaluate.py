@@ -1,0 +1,177 @@
+"""Offline evaluation on a temporal split: recall and NDCG of future conversions, slices, coverage, baselines.
+
+A *scorer* maps a batch of evaluation users to scores over the whole catalogue ([B, N]); the two-tower model,
+popularity and ALS are scorers, so every method is measured by the same code on the same users.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from retrieval.corpus import Corpus, EvalSet
+from retrieval.data import to_torch
+from retrieval.events import CONVERSION, ENGAGEMENT
+from retrieval.model import TwoTowerModel
+
+log = logging.getLogger(__name__)
+
+KS = (10, 50, 100, 500)
+Scorer = Callable[[np.ndarray, EvalSet], np.ndarray]  # (positions into the eval set [B]) -> scores [B, N]
+
+
+def two_tower_scorer(model: TwoTowerModel, corpus: Corpus, batch_size: int = 8192) -> Scorer:
+    """Exact inner-product scores of the served embeddings."""
+    model.eval()
+    with torch.inference_mode():
+        items = torch.cat([model.embed_items(to_torch(corpus.item_batch(np.arange(lo, min(lo + batch_size, corpus.n_items)))))
+                           for lo in range(0, corpus.n_items, batch_size)]).numpy()
+
+    def score(i: np.ndarray, es: EvalSet) -> np.ndarray:
+        x = corpus.user_batch(es.users[i], es.end[i], np.full(len(i), es.now, np.int64))
+        with torch.inference_mode():
+            return model.embed_users(to_torch(x)).numpy() @ items.T
+
+    return score
+
+
+def counts_before(corpus: Corpus, now: int, kind: int, weights: bool = False) -> np.ndarray:
+    """[N] per catalogue item: events of a kind before ``now`` (or their summed weights)."""
+    m = (corpus.events.ts < now) & (corpus.events.kind == kind)
+    return np.bincount(corpus.event_row[m], weights=corpus.weight[m] if weights else None, minlength=corpus.n_items)
+
+
+def popularity_scorer(corpus: Corpus, now: int, kind: int = CONVERSION) -> Scorer:
+    """Everyone gets the items most converted on (or engaged with) before the window."""
+    pop = counts_before(corpus, now, kind).astype(np.float32)
+
+    def score(i: np.ndarray, es: EvalSet) -> np.ndarray:
+        return np.broadcast_to(pop, (len(i), len(pop)))
+
+    return score
+
+
+def als_scorer(corpus: Corpus, now: int, dual: bool, factors: int = 64, iterations: int = 20,
+               regularization: float = 0.05, alpha: float = 20.0, seed: int = 0) -> Scorer:
+    """implicit's ALS on the user x item matrix before the window: conversions only, or conversions plus
+    dwell-weighted engagement (each event's weight). Users ALS never saw fall back to conversion popularity."""
+    import scipy.sparse as sp
+    from implicit.als import AlternatingLeastSquares
+
+    ev = corpus.events
+    m = ev.ts < now
+    m &= (ev.kind == CONVERSION) | (dual & (ev.kind == ENGAGEMENT))
+    conf = sp.csr_matrix((corpus.weight[m] * alpha, (ev.user[m], corpus.event_row[m])),
+                         shape=(len(ev.user_vocab), corpus.n_items), dtype=np.float32)
+    conf.sum_duplicates()
+    model = AlternatingLeastSquares(factors=factors, iterations=iterations, regularization=regularization,
+                                    random_state=seed, calculate_training_loss=False)
+    model.fit(conf, show_progress=False)
+    uf, itf = np.asarray(model.user_factors), np.asarray(model.item_factors)
+    seen = np.asarray(conf.sum(1)).ravel() > 0
+    pop = counts_before(corpus, now, CONVERSION).astype(np.float32)
+
+    def score(i: np.ndarray, es: EvalSet) -> np.ndarray:
+        users = es.users[i]
+        s = uf[users] @ itf.T
+        s[~seen[users]] = pop
+        return s
+
+    return score
+
+
+@dataclass
+class PerUser:
+    """Per evaluation user: each target's rank in the top K_max (K_max = not found), and the top 100."""
+
+    conv_ranks: list[np.ndarray]
+    conv_rows: list[np.ndarray]
+    eng_ranks: list[np.ndarray]
+    top100: np.ndarray  # [U, 100] retrieved catalogue rows
+
+
+def _ranks(top: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Rank of each target in ``top`` (best first), len(top) where absent."""
+    hit = top[:, None] == targets[None, :]  # [kmax, T]
+    return np.where(hit.any(0), hit.argmax(0), len(top))
+
+
+def rank_targets(scorer: Scorer, es: EvalSet, n_items: int, batch: int = 512, kmax: int = max(KS)) -> PerUser:
+    kmax = min(kmax, n_items)
+    conv_ranks, eng_ranks, tops = [], [], []
+    for lo in range(0, len(es.users), batch):
+        i = np.arange(lo, min(lo + batch, len(es.users)))
+        s = scorer(i, es)
+        part = np.argpartition(-s, kmax - 1, axis=1)[:, :kmax]
+        order = np.argsort(-np.take_along_axis(s, part, 1), axis=1, kind="stable")
+        top = np.take_along_axis(part, order, 1)  # [B, kmax] best first
+        tops.append(top[:, :100])
+        for b, j in enumerate(i):
+            conv_ranks.append(_ranks(top[b], es.conversions[j]))
+            eng_ranks.append(_ranks(top[b], es.engagement[j]))
+    return PerUser(conv_ranks=conv_ranks, conv_rows=list(es.conversions), eng_ranks=eng_ranks,
+                   top100=np.concatenate(tops) if tops else np.zeros((0, 100), np.int64))
+
+
+def recall(ranks: list[np.ndarray], k: int, select: list[np.ndarray] | None = None) -> np.ndarray:
+    """Per user: share of (selected) targets ranked < k; NaN where a user has no (selected) target."""
+    out = np.full(len(ranks), np.nan)
+    for u, r in enumerate(ranks):
+        r = r if select is None else r[select[u]]
+        if len(r):
+            out[u] = (r < k).mean()
+    return out
+
+
+def ndcg(ranks: list[np.ndarray], k: int) -> np.ndarray:
+    out = np.full(len(ranks), np.nan)
+    disc = 1.0 / np.log2(np.arange(k) + 2)
+    for u, r in enumerate(ranks):
+        if len(r):
+            out[u] = disc[r[r < k]].sum() / disc[: min(len(r), k)].sum()
+    return out
+
+
+def bootstrap(values: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float, float, int]:
+    """Mean over users with a 95% bootstrap interval (users resampled), and the number of users."""
+    v = values[~np.isnan(values)]
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), (n, len(v)))].mean(1)
+    return float(v.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975)), len(v)
+
+
+def evaluate(scorer: Scorer, corpus: Corpus, es: EvalSet, ks: tuple[int, ...] = KS,
+             short_history: int = 5) -> dict[str, tuple[float, float, float, int]]:
+    """Every metric of the report for one method: {name: (mean, ci_low, ci_high, users)}."""
+    pu = rank_targets(scorer, es, corpus.n_items)
+    train_pop = counts_before(corpus, es.now, CONVERSION) + counts_before(corpus, es.now, ENGAGEMENT)
+    order = np.argsort(-train_pop, kind="stable")
+    share = np.cumsum(train_pop[order]) / max(train_pop.sum(), 1)
+    band = np.empty(corpus.n_items, np.int8)  # 0 head (top 50% of interactions), 1 torso (next 30%), 2 tail
+    band[order] = np.where(share <= 0.5, 0, np.where(share <= 0.8, 1, 2))
+    cold = train_pop == 0
+    n_hist = es.end - corpus.user_start[es.users]
+    out = {}
+    for k in ks:
+        out[f"conv_recall@{k}"] = bootstrap(recall(pu.conv_ranks, k))
+        out[f"conv_ndcg@{k}"] = bootstrap(ndcg(pu.conv_ranks, k))
+        out[f"eng_recall@{k}"] = bootstrap(recall(pu.eng_ranks, k))
+    k = 100
+    out["cold_item_conv_recall@100"] = bootstrap(recall(pu.conv_ranks, k, [cold[r] for r in pu.conv_rows]))
+    for b, name in enumerate(("head", "torso", "tail")):
+        out[f"{name}_conv_recall@100"] = bootstrap(recall(pu.conv_ranks, k, [band[r] == b for r in pu.conv_rows]))
+    short = recall(pu.conv_ranks, k)
+    short[n_hist >= short_history] = np.nan
+    out[f"short_history(<{short_history})_conv_recall@100"] = bootstrap(short)
+    distinct = np.unique(pu.top100)
+    out["coverage@100"] = (len(distinct) / corpus.n_items, np.nan, np.nan, len(es.users))
+    freq = np.bincount(pu.top100.ravel(), minlength=corpus.n_items)
+    top1 = np.sort(freq)[::-1][: max(1, corpus.n_items // 100)].sum() / max(freq.sum(), 1)
+    out["top1%_items_share_of_slots"] = (float(top1), np.nan, np.nan, len(es.users))
+    return out

@@ -1,0 +1,71 @@
+"""Towers and the served vectors."""
+
+from __future__ import annotations
+
+import torch
+
+from retrieval.model import TwoTowerModel
+
+ITEMS = {"n_ids": 11, "features": [{"name": "cat", "kind": "categorical", "width": 4},
+                                   {"name": "tags", "kind": "multi_hot", "width": 6},
+                                   {"name": "price", "kind": "continuous", "width": 1},
+                                   {"name": "vec", "kind": "dense", "width": 3}]}
+USERS = {"n_ids": 6, "features": [{"name": "region", "kind": "hashed", "width": 9}]}
+
+
+def item_batch(n=5):
+    g = torch.Generator().manual_seed(0)
+    return {"id": torch.arange(n) % 11, "cat": torch.randint(0, 4, (n,), generator=g),
+            "tags": torch.randint(0, 6, (n, 3), generator=g), "price": torch.rand(n, 1, generator=g),
+            "vec": torch.randn(n, 3, generator=g)}
+
+
+def user_batch(n=4):
+    g = torch.Generator().manual_seed(1)
+    return {"id": torch.arange(n), "region": torch.randint(0, 9, (n,), generator=g),
+            "hist_items": torch.randint(0, 11, (n, 7), generator=g), "hist_weights": torch.rand(n, 7, generator=g)}
+
+
+def test_served_inner_product_is_temperature_times_training_logit():
+    m = TwoTowerModel(ITEMS, USERS, embed_dim=8, hidden=[16], out_dim=6, temperature=0.1, item_bias=True).eval()
+    x, u = item_batch(), user_batch()
+    with torch.no_grad():
+        served = m.embed_users(u) @ m.embed_items(x).T  # [4, 5]
+        logits = m._query(m.user_tower(u)["conversion"]) @ m.item_tower(x)["conversion"].T
+    assert m.embedding_dim == 7 and m.embed_items(x).shape == (5, 7)
+    assert torch.allclose(served, 0.1 * logits, atol=1e-6)
+    assert torch.allclose(m.item_tower(x)["conversion"][:, :6].norm(dim=1), torch.ones(5), atol=1e-5)
+
+
+def test_new_item_embeds_from_features_alone():
+    m = TwoTowerModel(ITEMS, USERS, embed_dim=8, hidden=[16], out_dim=6).eval()
+    x = item_batch()
+    x["id"] = torch.zeros_like(x["id"])  # no learned id
+    with torch.no_grad():
+        e = m.embed_items(x)
+        x2 = dict(x, cat=(x["cat"] + 1) % 4)
+        assert not torch.allclose(e, m.embed_items(x2))  # features move the embedding
+        assert torch.isfinite(e).all()
+
+
+def test_history_bag_changes_the_user_and_padding_does_not():
+    m = TwoTowerModel(ITEMS, USERS, embed_dim=8, hidden=[16], out_dim=6, item_bias=False).eval()
+    u = user_batch()
+    with torch.no_grad():
+        base = m.embed_users(u)
+        padded = dict(u, hist_items=torch.cat([u["hist_items"], torch.zeros(4, 3, dtype=torch.long)], 1),
+                      hist_weights=torch.cat([u["hist_weights"], torch.ones(4, 3)], 1))
+        assert torch.allclose(base, m.embed_users(padded), atol=1e-6)  # id 0 is padding, weight ignored
+        other = dict(u, hist_items=(u["hist_items"] % 10) + 1)
+        assert not torch.allclose(base, m.embed_users(other))
+
+
+def test_sparse_and_dense_parameters_go_to_their_optimizers():
+    m = TwoTowerModel(ITEMS, USERS, embed_dim=8, hidden=[16], out_dim=6, user_ids=True)
+    sparse, dense = m.configure_optimizers()
+    assert isinstance(sparse, torch.optim.SparseAdam) and isinstance(dense, torch.optim.Adam)
+    n_sparse = sum(p.numel() for g in sparse.param_groups for p in g["params"])
+    n_all = sum(p.numel() for p in m.parameters())
+    n_dense = sum(p.numel() for g in dense.param_groups for p in g["params"])
+    assert n_sparse + n_dense == n_all  # each parameter once (the shared item table too)
+    assert n_sparse >= 11 * 8 + 6 * 8 + 4 * 8 + 6 * 8 + 9 * 8
