@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from retrieval.corpus import Corpus, DwellWeighting, HistoryConfig
+from retrieval.corpus import Corpus, DwellWeighting, HistoryConfig, SplitConfig
 from retrieval.events import DwellConfig, EventRoles
 from retrieval.model import TwoTowerModel
 
@@ -36,13 +36,17 @@ class Trained:
         return {"hyper_parameters": dict(self.model.hparams), "state_dict": self.model.state_dict(),
                 "datamodule_hyper_parameters": self.data, "RetrievalData": self.vocab}
 
-    def corpus(self, events: str | None = None, items: str | None = None, users: str | None = None) -> Corpus:
-        """The corpus encoded with the trained vocabularies; paths default to the training data."""
+    def corpus(self, events: str | None = None, items: str | None = None, users: str | None = None,
+               split: bool = False) -> Corpus:
+        """The corpus encoded with the trained vocabularies; paths default to the training data.
+
+        split: cut the training run's temporal split too (for evaluation on its validation or test window).
+        """
         d = self.data
         return Corpus(events or d["events"], items or d["items"], users or d["users"],
                       roles=EventRoles(**d["roles"]), sessions=DwellConfig(**d["sessions"]),
                       dwell_weighting=DwellWeighting(**d["dwell_weighting"]), history=HistoryConfig(**d["history"]),
-                      split=None, item_features=d["item_features"], user_features=d["user_features"],
+                      split=SplitConfig(**d["split"]) if split else None, item_features=d["item_features"], user_features=d["user_features"],
                       state=self.vocab)
 
 

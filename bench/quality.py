@@ -1,0 +1,225 @@
+"""Quality report: which method retrieves future conversions best, and by how much, per dataset.
+
+    python bench/quality.py [--datasets synth,trivago,diginetica,synth10x] [--epochs N]
+
+For each dataset, in one run on the same temporal split: the two-tower model (full, and each ablation)
+trained with the dataset's config, and the baselines (conversion and engagement popularity; implicit's
+ALS on conversions and on dual-weighted interactions). Every method is scored on the test window by the
+same code (retrieval/evaluate.py), with 95% bootstrap intervals over users. Writes the "quality" section of
+docs/benchmarks.md and PNG plots under docs/img/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import ROOT, stamp, table, write_section  # noqa: E402
+from retrieval import evaluate as E  # noqa: E402
+from retrieval.adapters import diginetica, trivago  # noqa: E402
+from retrieval.checkpoint import load_trained  # noqa: E402
+from retrieval.cli import main as cli  # noqa: E402
+from retrieval.events import ENGAGEMENT  # noqa: E402
+from retrieval.synth import WorldConfig, generate  # noqa: E402
+
+log = logging.getLogger("bench.quality")
+WORK = ROOT / "work" / "bench"
+SHARED = ROOT.parent / "shared" / "data"
+VARIANTS = {  # name -> ablation config (None = the dataset's config as is: the full model)
+    "two-tower full": None,
+    "conversion-only": "conversion_only",
+    "engagement-only": "engagement_only",
+    "dual, no aux head": "dual_no_head",
+    "full, no logQ": "no_logq",
+    "full, in-batch negatives only": "in_batch_only",
+}
+SHOW = ["conv_recall@10", "conv_recall@50", "conv_recall@100", "conv_recall@500", "conv_ndcg@100", "eng_recall@100"]
+SLICES = ["cold_item_conv_recall@100", "head_conv_recall@100", "torso_conv_recall@100", "tail_conv_recall@100",
+          "short_history(<5)_conv_recall@100"]
+
+
+def prepare(name: str) -> tuple[Path, dict[str, str]]:
+    """Data folder and the config + path overrides of a dataset."""
+    d = WORK / name / "data"
+    if name.startswith("synth"):
+        cfg = WorldConfig() if name == "synth" else WorldConfig(users=40_000, items=30_000)
+        if not (d / "events.parquet").exists():
+            generate(d, cfg)
+        return d, {"config": "configs/demo.yaml", "items": str(d / "items.parquet"), "users": str(d / "users.parquet")}
+    if name == "trivago":
+        if not (d / "events.parquet").exists():
+            trivago(SHARED / "trivago_recsys2019" / "trivago_val_100k.parquet.snappy", d)
+        return d, {"config": "configs/trivago.yaml", "items": str(d / "items.parquet")}
+    if not (d / "events.parquet").exists():
+        diginetica(SHARED / "diginetica_cikm2016", d)
+    return d, {"config": "configs/diginetica.yaml", "items": str(d / "items.parquet")}
+
+
+def train(name: str, variant: str, ablation: str | None, data: Path, over: dict[str, str], epochs: int | None) -> Path:
+    root = WORK / name / "runs" / variant.replace(" ", "_").replace(",", "")
+    args = ["fit", "--config", str(ROOT / over["config"])]
+    if ablation:
+        args += ["--config", str(ROOT / "configs" / "ablations" / f"{ablation}.yaml")]
+    args += [f"--data.events={data / 'events.parquet'}", f"--data.items={over['items']}",
+             f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",
+             "--trainer.logger.init_args.name=log", "--trainer.enable_progress_bar=false"]
+    if "users" in over:
+        args.append(f"--data.users={over['users']}")
+    if epochs:
+        args.append(f"--trainer.max_epochs={epochs}")
+    cli(args)
+    best = sorted(root.glob("log/version_*/checkpoints/best*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return best[-1]
+
+
+def val_curve(ckpt: Path) -> list[float]:
+    rows = list(csv.DictReader(open(ckpt.parent.parent / "metrics.csv")))
+    return [float(r["val/conv_recall@100"]) for r in rows if r.get("val/conv_recall@100")]
+
+
+def ann_scorer(exact: E.Scorer, model, corpus, factory: str = "HNSW32"):
+    """Scores that keep only what an ANN index over the item vectors returns (the loss an index adds)."""
+    import torch
+
+    from index.embed import embed_items
+    from index.faiss_index import apply_search_params, build_index, default_search_params
+    from retrieval.data import to_torch
+
+    vecs = embed_items(model, corpus, progress=False)
+    index = build_index(vecs, factory)
+    apply_search_params(index, default_search_params(factory, len(vecs)))
+
+    def score(i, es):
+        x = corpus.user_batch(es.users[i], es.end[i], np.full(len(i), es.now, np.int64))
+        with torch.inference_mode():
+            q = model.embed_users(to_torch(x)).numpy()
+        s, rows = index.search(q, min(500, corpus.n_items))
+        out = np.full((len(i), corpus.n_items), -np.inf, np.float32)
+        np.put_along_axis(out, np.where(rows >= 0, rows, 0), np.where(rows >= 0, s, -np.inf), 1)
+        return out
+
+    return score
+
+
+def fmt(v: tuple[float, float, float, int]) -> str:
+    m, lo, hi, _ = v
+    if np.isnan(m):
+        return "–"
+    return f"{m:.3f}" if np.isnan(lo) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def run_dataset(name: str, epochs: int | None) -> tuple[str, dict]:
+    data, over = prepare(name)
+    results, curves, seconds = {}, {}, {}
+    corpus = es = None
+    for variant, ablation in VARIANTS.items():
+        t = time.perf_counter()
+        ckpt = train(name, variant, ablation, data, over, epochs)
+        seconds[variant] = time.perf_counter() - t
+        trained = load_trained(ckpt)
+        if corpus is None:
+            corpus = trained.corpus(split=True)
+            es = corpus.eval_set(2, None)
+        exact = E.two_tower_scorer(trained.model, corpus)
+        results[variant] = E.evaluate(exact, corpus, es)
+        curves[variant] = val_curve(ckpt)
+        if ablation is None:
+            results["two-tower full, HNSW32 index"] = E.evaluate(ann_scorer(exact, trained.model, corpus), corpus, es)
+    now = es.now
+    results["popularity (conversions)"] = E.evaluate(E.popularity_scorer(corpus, now), corpus, es)
+    results["popularity (engagement)"] = E.evaluate(E.popularity_scorer(corpus, now, ENGAGEMENT), corpus, es)
+    results["ALS (conversions)"] = E.evaluate(E.als_scorer(corpus, now, dual=False), corpus, es)
+    results["ALS (dual-weighted)"] = E.evaluate(E.als_scorer(corpus, now, dual=True), corpus, es)
+    n_conv = sum(len(t) for t in es.conversions)
+    plots = plot(name, results, curves)
+    md = [f"### {name}\n",
+          f"Test window: {len(es.users)} users with {n_conv} distinct (user, item) conversions; catalogue "
+          f"{corpus.n_items} items. Mean over users with a 95% bootstrap interval (1000 resamples of users). "
+          f"Training seconds per variant: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + ".\n",
+          table(["method", *SHOW], [[m, *(fmt(r[k]) for k in SHOW)] for m, r in results.items()]), "",
+          "Slices (conversion recall@100) and what is retrieved:\n",
+          table(["method", *SLICES, "coverage@100", "top-1% items' share of slots"],
+                [[m, *(fmt(r[k]) for k in SLICES), fmt(r["coverage@100"]), fmt(r["top1%_items_share_of_slots"])]
+                 for m, r in results.items()]), "",
+          " ".join(f"![{p.stem}](img/{p.name})" for p in plots), ""]
+    return "\n".join(md), results
+
+
+def plot(name: str, results: dict, curves: dict) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    ks = E.KS
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m, r in results.items():
+        ax.plot(ks, [r[f"conv_recall@{k}"][0] for k in ks], marker="o", label=m,
+                linestyle="--" if not m.startswith(("two-tower", "conv", "eng", "dual", "full")) else "-")
+    ax.set_xscale("log")
+    ax.set_xlabel("K")
+    ax.set_ylabel("conversion recall@K (test)")
+    ax.set_title(f"{name}: future conversions retrieved")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    p = ROOT / "docs" / "img" / f"quality_{name}_recall.png"
+    fig.tight_layout()
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    out.append(p)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    names = list(results)
+    w = 0.8 / len(names)
+    for j, m in enumerate(names):
+        vals = [results[m][s][0] for s in SLICES]
+        ax.bar(np.arange(len(SLICES)) + j * w, np.nan_to_num(vals), w, label=m)
+    ax.set_xticks(np.arange(len(SLICES)) + 0.4, [s.replace("_conv_recall@100", "") for s in SLICES], fontsize=8)
+    ax.set_ylabel("conversion recall@100")
+    ax.set_title(f"{name}: slices")
+    ax.legend(fontsize=6)
+    p = ROOT / "docs" / "img" / f"quality_{name}_slices.png"
+    fig.tight_layout()
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    out.append(p)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m, c in curves.items():
+        ax.plot(range(1, len(c) + 1), c, marker="o", label=m)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation conversion recall@100")
+    ax.set_title(f"{name}: training curves")
+    ax.legend(fontsize=7)
+    p = ROOT / "docs" / "img" / f"quality_{name}_training.png"
+    fig.tight_layout()
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    out.append(p)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", default="synth,trivago,diginetica")
+    p.add_argument("--epochs", type=int, default=None, help="override every config's max_epochs")
+    a = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    sections = []
+    for name in a.datasets.split(","):
+        md, _ = run_dataset(name, a.epochs)
+        sections.append(md)
+        print(md)
+    cmd = "python bench/quality.py " + " ".join(sys.argv[1:])
+    write_section("quality", "## Quality: retrieving future conversions\n\n" + stamp(cmd) + "\n" + "\n".join(sections))
+
+
+if __name__ == "__main__":
+    main()
