@@ -101,7 +101,10 @@ class StagingFolder:
         if self.target.exists():
             raise ArtifactError(f"artifact {self.target}: already exists; artifacts are immutable, choose a new version")
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        # Leftovers of a build of this version that was killed: never loadable (no manifest under the
+        # version's name), removed here so they do not pile up.
+        for stale in self.target.parent.glob(f".{self.target.name}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         self.tmp.mkdir()
         return self.tmp
 

@@ -12,6 +12,9 @@ from retrieval.data import RetrievalData
 from retrieval.model import TwoTowerModel
 
 
+ATOMIC_IO = "retrieval.checkpoint_io.AtomicCheckpointIO"  # checkpoints a kill cannot tear, in every run
+
+
 class RetrievalCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Tower input sizes come from the data (vocabularies, feature widths): linked, never retyped.
@@ -23,7 +26,8 @@ def main(args: list[str] | None = None) -> RetrievalCLI:
     """Run a LightningCLI subcommand; returns the CLI (its trainer holds the metrics)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return RetrievalCLI(TwoTowerModel, RetrievalData, args=args, save_config_kwargs={"overwrite": True})
+        return RetrievalCLI(TwoTowerModel, RetrievalData, args=args, save_config_kwargs={"overwrite": True},
+                            trainer_defaults={"plugins": [{"class_path": ATOMIC_IO}]})
     except DataError as e:
         # A bad log or config is the user's to fix: say what is wrong, without a stack trace.
         logging.getLogger("retrieval").error("%s", e)

@@ -209,6 +209,14 @@ class RetrievalData(L.LightningDataModule):
         self._train = TrainStream(self.corpus, h.batch_size, h.num_negatives, h.conversion_fraction, h.seed, start)
         return _loader(self._train, h.num_workers)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called at each epoch start (TwoTowerModel.on_train_epoch_start). Lightning builds the loader before
+        it restores a resumed run's epoch; this runs before the workers copy the stream, so a resumed run
+        replays the order of the epoch it resumes, not of epoch 0."""
+        if self._train is not None and self._train.epoch != epoch:
+            log.info("data: training stream moves to epoch %d", epoch)
+            self._train.epoch = epoch
+
     def _eval_loaders(self, window: int) -> list[DataLoader]:
         h = self.hparams
         es = self.corpus.eval_set(window, h.max_eval_users, h.seed)

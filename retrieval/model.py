@@ -141,6 +141,11 @@ class TwoTowerModel(L.LightningModule):
         self.log_dict({f"train/loss_{k}": v for k, v in losses.items() if k != "total"}, batch_size=bs)
         return losses["total"]
 
+    def on_train_epoch_start(self) -> None:
+        set_epoch = getattr(self.trainer.datamodule, "set_epoch", None)  # like a sampler's set_epoch
+        if set_epoch is not None:
+            set_epoch(self.current_epoch)
+
     def configure_optimizers(self):
         sparse, dense, seen = [], [], set()
         for m in self.modules():

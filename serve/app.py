@@ -16,7 +16,7 @@ import pyarrow as pa
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
 from index.artifact import ArtifactError
@@ -88,7 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise RequestValidationError(errors)
 
     @app.get("/candidates", response_model=CandidatesResponse, dependencies=[Depends(strict_query)],
-             summary="Top-k candidates for a user")
+             responses={503: {"description": "no artifact loaded yet"}}, summary="Top-k candidates for a user")
     def candidates(
         request: Request,
         user: Annotated[str, Query(min_length=1, max_length=settings.max_user_len, description="user id")],
@@ -108,14 +108,14 @@ def create_app(settings: Settings) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Artifact loaded")
+    @app.get("/readyz", summary="Artifact loaded", responses={503: {"description": "no artifact loaded yet"}})
     def readyz(request: Request) -> Response:
         s = request.app.state.served
         if s is None:
             return _json({"status": "loading"}, 503)
         return _json({"status": "ready", "model_version": s.model_version, "n_items": int(s.index.ntotal)})
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     def prometheus() -> Response:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
@@ -135,7 +135,12 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(422, f"artifact path must lie inside the artifacts root {root}")
         return p
 
-    @app.post("/admin/swap", dependencies=[Depends(admin)], summary="Load another artifact version and swap it in")
+    admin_errors = {401: {"description": "missing or wrong bearer token"},
+                    403: {"description": "admin endpoints disabled (no token configured)"},
+                    409: {"description": "artifact refused; the previous version keeps serving"}}
+
+    @app.post("/admin/swap", dependencies=[Depends(admin)], responses=admin_errors,
+              summary="Load another artifact version and swap it in")
     async def swap(request: Request, body: SwapRequest) -> Response:
         path = inside_root(body.path)
         async with swap_lock:
@@ -151,7 +156,8 @@ def create_app(settings: Settings) -> FastAPI:
         log.info("serve: swapped %s -> %s", old and old.model_version, new.model_version)
         return _json({"model_version": new.model_version, "previous": old and old.model_version})
 
-    @app.post("/admin/items", dependencies=[Depends(admin)], summary="Embed new items from features and index them")
+    @app.post("/admin/items", dependencies=[Depends(admin)], responses=admin_errors,
+              summary="Embed new items from features and index them")
     async def add_items(request: Request, body: Annotated[AddItemsRequest, Body()]) -> Response:
         if not body.items or len(body.items) > settings.max_new_items:
             raise HTTPException(422, f"give between 1 and {settings.max_new_items} items")
