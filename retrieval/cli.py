@@ -11,7 +11,6 @@ from retrieval.contract import DataError
 from retrieval.data import RetrievalData
 from retrieval.model import TwoTowerModel
 
-
 ATOMIC_IO = "retrieval.checkpoint_io.AtomicCheckpointIO"  # checkpoints a kill cannot tear, in every run
 
 
