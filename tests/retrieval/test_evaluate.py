@@ -1,0 +1,30 @@
+"""Evaluation metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retrieval import evaluate as E
+from retrieval.corpus import EvalSet
+
+
+def test_recall_ndcg_and_bootstrap_exact():
+    ranks = [np.array([0, 5]), np.array([500]), np.array([], np.int64)]
+    r = E.recall(ranks, 1)
+    assert r[0] == 0.5 and r[1] == 0.0 and np.isnan(r[2])
+    assert E.recall(ranks, 10)[0] == 1.0
+    n = E.ndcg(ranks, 10)
+    want = (1 + 1 / np.log2(7)) / (1 + 1 / np.log2(3))
+    assert np.isclose(n[0], want) and n[1] == 0.0
+    mean, lo, hi, users = E.bootstrap(np.array([0.0, 1.0, np.nan, 1.0, 0.0]))
+    assert mean == 0.5 and users == 4 and 0.0 <= lo <= 0.5 <= hi <= 1.0
+
+
+def test_rank_targets_with_a_known_scorer():
+    scores = np.array([[0.1, 0.9, 0.5, 0.3], [0.4, 0.3, 0.2, 0.1]])
+    es = EvalSet(users=np.array([0, 1]), end=np.array([0, 0]), now=0,
+                 conversions=[np.array([2, 0]), np.array([3])], engagement=[np.array([1]), np.array([], np.int64)])
+    pu = E.rank_targets(lambda i, es: scores[i], es, n_items=4, kmax=3)
+    assert pu.conv_ranks[0].tolist() == [1, 3] and pu.conv_ranks[1].tolist() == [3]  # 3 = not in the top 3
+    assert pu.eng_ranks[0].tolist() == [0]
+    assert pu.top100[0].tolist() == [1, 2, 3]
