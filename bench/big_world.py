@@ -14,11 +14,11 @@ USER_FEATURES = [{"name": "region", "kind": "categorical"}]
 
 
 def ensure_world(users: int = 1_000_000, items: int = 1_000_000) -> Path:
-    """A world with about 4 events a user (one session each on average): ~7M events."""
+    """A world with about 10 events a user (two sessions on average): 10M+ events."""
     out = BIG / f"u{users}_i{items}"
     if not (out / "events.parquet").exists():
         generate(out, WorldConfig(users=users, items=items, categories=200, brands_per_category=20,
-                                  sessions_per_user=1.5, views_per_session=3, chunk_users=20_000, seed=1))
+                                  sessions_per_user=2.0, views_per_session=3, chunk_users=20_000, seed=1))
     return out
 
 

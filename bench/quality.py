@@ -153,6 +153,16 @@ def run_dataset(name: str, epochs: int | None) -> tuple[str, dict]:
     return "\n".join(md), results
 
 
+def save(fig, filename: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = ROOT / "docs" / "img" / filename
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot(name: str, results: dict, curves: dict) -> list[Path]:
     import matplotlib
 
@@ -171,11 +181,7 @@ def plot(name: str, results: dict, curves: dict) -> list[Path]:
     ax.set_title(f"{name}: future conversions retrieved")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    p = ROOT / "docs" / "img" / f"quality_{name}_recall.png"
-    fig.tight_layout()
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    out.append(p)
+    out.append(save(fig, f"quality_{name}_recall.png"))
     fig, ax = plt.subplots(figsize=(9, 4.5))
     names = list(results)
     w = 0.8 / len(names)
@@ -186,11 +192,7 @@ def plot(name: str, results: dict, curves: dict) -> list[Path]:
     ax.set_ylabel("conversion recall@100")
     ax.set_title(f"{name}: slices")
     ax.legend(fontsize=6)
-    p = ROOT / "docs" / "img" / f"quality_{name}_slices.png"
-    fig.tight_layout()
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    out.append(p)
+    out.append(save(fig, f"quality_{name}_slices.png"))
     fig, ax = plt.subplots(figsize=(6, 4))
     for m, c in curves.items():
         ax.plot(range(1, len(c) + 1), c, marker="o", label=m)
@@ -198,11 +200,7 @@ def plot(name: str, results: dict, curves: dict) -> list[Path]:
     ax.set_ylabel("validation conversion recall@100")
     ax.set_title(f"{name}: training curves")
     ax.legend(fontsize=7)
-    p = ROOT / "docs" / "img" / f"quality_{name}_training.png"
-    fig.tight_layout()
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    out.append(p)
+    out.append(save(fig, f"quality_{name}_training.png"))
     return out
 
 
