@@ -140,7 +140,7 @@ def run_dataset(name: str, epochs: int | None) -> tuple[str, dict]:
     results["ALS (dual-weighted)"] = E.evaluate(E.als_scorer(corpus, now, dual=True), corpus, es)
     n_conv = sum(len(t) for t in es.conversions)
     plots = plot(name, results, curves)
-    md = [f"### {name}\n",
+    md = [f"## Quality on {name}: retrieving future conversions\n",
           f"Test window: {len(es.users)} users with {n_conv} distinct (user, item) conversions; catalogue "
           f"{corpus.n_items} items. Mean over users with a 95% bootstrap interval (1000 resamples of users). "
           f"Training seconds per variant: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + ".\n",
@@ -210,13 +210,11 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="override every config's max_epochs")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    sections = []
     for name in a.datasets.split(","):
         md, _ = run_dataset(name, a.epochs)
-        sections.append(md)
         print(md)
-    cmd = "python bench/quality.py " + " ".join(sys.argv[1:])
-    write_section("quality", "## Quality: retrieving future conversions\n\n" + stamp(cmd) + "\n" + "\n".join(sections))
+        cmd = f"python bench/quality.py --datasets {name}" + (f" --epochs {a.epochs}" if a.epochs else "")
+        write_section(f"quality-{name}", md.replace("\n", "\n" + stamp(cmd) + "\n", 1))
 
 
 if __name__ == "__main__":

@@ -16,13 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 
 from index.artifact import ArtifactError, Manifest, read_manifest
-from retrieval.checkpoint import CheckpointError, Trained, load_trained
 from retrieval.contract import DataError
-from retrieval.data import to_torch
-from retrieval.vocab import TowerVocab
+
+# torch, Lightning and the model are imported only when new items are embedded (with_items): the answering
+# path needs FAISS and numpy alone, and the service stays some 300 MB lighter without them.
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,9 @@ class Served:
         return None, self.item_id_list(rows), scores.tolist()
 
     @cached_property
-    def _trained(self) -> Trained:
+    def _trained(self):  # retrieval.checkpoint.Trained
+        from retrieval.checkpoint import CheckpointError, load_trained
+
         try:
             return load_trained(self.path / "model.pt")
         except CheckpointError as e:
@@ -104,6 +105,11 @@ class Served:
 
     def with_items(self, table: pa.Table) -> Served:
         """A new Served whose index also holds ``table``'s items, embedded from their features."""
+        import torch
+
+        from retrieval.data import to_torch
+        from retrieval.vocab import TowerVocab
+
         trained = self._trained
         key = table.column("item_id")
         if key.null_count:
