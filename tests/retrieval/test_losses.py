@@ -112,3 +112,15 @@ def test_repeated_items_count_once():
                  cand_user=a["cand_user"][[0, 1, 2, 5, 6, 7]], cand_log_q=a["cand_log_q"][[0, 1, 2, 5, 6, 7]])
     assert torch.allclose(sampled_softmax_loss(**once), sampled_softmax_loss(**dedup))
     assert torch.allclose(sampled_softmax_loss(**a), torch.tensor(reference(**a), dtype=torch.float64))
+
+
+def test_sorted_join_mask_equals_the_dense_product():
+    from retrieval.losses import _negatives_of_users_positives
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        users = torch.randint(0, 10, (64,), generator=g)
+        items = torch.randint(0, 40, (64,), generator=g)
+        negs = torch.randint(0, 40, (50,), generator=g)
+        dense = ((users[:, None] == users[None, :]).float() @ (items[:, None] == negs[None, :]).float()) > 0
+        assert torch.equal(dense, _negatives_of_users_positives(users, items, users, negs))
