@@ -172,6 +172,7 @@ def plot(name: str, results: dict, curves: dict) -> list[Path]:
     out = []
     ks = E.KS
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 11+ methods: the default cycle repeats after 10
     for m, r in results.items():
         ax.plot(ks, [r[f"conv_recall@{k}"][0] for k in ks], marker="o", label=m,
                 linestyle="--" if not m.startswith(("two-tower", "conv", "eng", "dual", "full")) else "-")
