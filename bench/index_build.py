@@ -25,10 +25,10 @@ import lightning as L  # noqa: E402
 
 from bench.big_world import BIG, data_kwargs, ensure_world  # noqa: E402
 from bench.report import stamp, table, write_section  # noqa: E402
-from index.embed import embed_items, embed_users  # noqa: E402
 from index.faiss_index import apply_search_params, build_index, default_search_params, measure_recall  # noqa: E402
 from retrieval.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 from retrieval.data import RetrievalData  # noqa: E402
+from retrieval.embed import embed_items, embed_users  # noqa: E402
 from retrieval.model import TwoTowerModel  # noqa: E402
 
 FACTORIES = ["Flat", "HNSW32", "IVF1024,Flat", "IVF4096,SQ8"]
@@ -77,13 +77,13 @@ def main() -> None:
         t = time.perf_counter()
         index = build_index(items, factory)
         t_build = time.perf_counter() - t
-        apply_search_params(index, default_search_params(factory, len(items)))
+        apply_search_params(index, default_search_params(factory))
         size = faiss.serialize_index(index).nbytes / 2**20
         rec = measure_recall(index, items, users, 100)
         p50, p99 = latency_ms(index, users[:300])
         qps = throughput(index, users)
         rows.append([factory, f"{t_build:.1f}", f"{size:,.0f}", f"{rec:.4f}", f"{p50:.2f}", f"{p99:.2f}", f"{qps:,.0f}",
-                     str(default_search_params(factory, len(items)) or "-")])
+                     str(default_search_params(factory) or "-")])
         print(rows[-1], flush=True)
     md = ["## Index build (1M items)", "", stamp("python bench/index_build.py " + " ".join(sys.argv[1:])), "",
           f"{len(items):,} items embedded by the item tower in {t_embed:.1f} s ({len(items) / t_embed:,.0f} items/s, "

@@ -85,23 +85,17 @@ def val_curve(ckpt: Path) -> list[float]:
     return [float(r["val/conv_recall@100"]) for r in rows if r.get("val/conv_recall@100")]
 
 
-def ann_scorer(exact: E.Scorer, model, corpus, factory: str = "HNSW32"):
+def ann_scorer(model, corpus, factory: str = "HNSW32") -> E.Scorer:
     """Scores that keep only what an ANN index over the item vectors returns (the loss an index adds)."""
-    import torch
-
-    from index.embed import embed_items
     from index.faiss_index import apply_search_params, build_index, default_search_params
-    from retrieval.data import to_torch
+    from retrieval.embed import embed_items
 
     vecs = embed_items(model, corpus, progress=False)
     index = build_index(vecs, factory)
-    apply_search_params(index, default_search_params(factory, len(vecs)))
+    apply_search_params(index, default_search_params(factory))
 
     def score(i, es):
-        x = corpus.user_batch(es.users[i], es.end[i], np.full(len(i), es.now, np.int64))
-        with torch.inference_mode():
-            q = model.embed_users(to_torch(x)).numpy()
-        s, rows = index.search(q, min(500, corpus.n_items))
+        s, rows = index.search(E.eval_user_vectors(model, corpus, i, es), min(500, corpus.n_items))
         out = np.full((len(i), corpus.n_items), -np.inf, np.float32)
         np.put_along_axis(out, np.where(rows >= 0, rows, 0), np.where(rows >= 0, s, -np.inf), 1)
         return out
@@ -132,7 +126,7 @@ def run_dataset(name: str, epochs: int | None) -> tuple[str, dict]:
         results[variant] = E.evaluate(exact, corpus, es)
         curves[variant] = val_curve(ckpt)
         if ablation is None:
-            results["two-tower full, HNSW32 index"] = E.evaluate(ann_scorer(exact, trained.model, corpus), corpus, es)
+            results["two-tower full, HNSW32 index"] = E.evaluate(ann_scorer(trained.model, corpus), corpus, es)
     now = es.now
     results["popularity (conversions)"] = E.evaluate(E.popularity_scorer(corpus, now), corpus, es)
     results["popularity (engagement)"] = E.evaluate(E.popularity_scorer(corpus, now, ENGAGEMENT), corpus, es)

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import torch
 
 from index.artifact import Manifest, StagingFolder, sha256, write_manifest
-from index.embed import embed_items, embed_users
 from index.faiss_index import apply_search_params, build_index, default_search_params, measure_recall
 from retrieval.checkpoint import load_trained
 from retrieval.corpus import Corpus
+from retrieval.embed import embed_items, embed_users
 from retrieval.events import CONVERSION
 
 log = logging.getLogger(__name__)
@@ -31,11 +31,10 @@ def vectors_table(ids: pa.Array, vectors: np.ndarray, key: str) -> pa.Table:
 
 def popularity(corpus: Corpus, top: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     """Catalogue rows with the most conversions and their share of all conversions, best first."""
-    conv = corpus.events.kind == CONVERSION
-    counts = np.bincount(corpus.event_row[conv], minlength=corpus.n_items)
+    counts = corpus.item_counts(CONVERSION)
     rows = np.argsort(-counts, kind="stable")[: min(top, corpus.n_items)]
     rows = rows[counts[rows] > 0]
-    return rows, (counts[rows] / max(conv.sum(), 1)).astype(np.float32)
+    return rows, (counts[rows] / max(counts.sum(), 1)).astype(np.float32)
 
 
 def purchased_rows(corpus: Corpus) -> pa.Array:
@@ -58,7 +57,7 @@ def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events
     user_vecs = embed_users(trained.model, corpus, batch_size, progress)
     t_embed = time.perf_counter() - t0
     index = build_index(item_vecs, factory, use_gpu=use_gpu, seed=seed)
-    params = default_search_params(factory, len(item_vecs))
+    params = default_search_params(factory)
     apply_search_params(index, params)
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(user_vecs), min(recall_users, len(user_vecs)), replace=False)

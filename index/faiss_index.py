@@ -48,7 +48,7 @@ def build_index(vectors: np.ndarray, factory: str = "Flat", use_gpu: bool | None
     return faiss.index_gpu_to_cpu(work) if work is not index else index
 
 
-def default_search_params(factory: str, n: int) -> dict[str, Any]:
+def default_search_params(factory: str) -> dict[str, Any]:
     """Search-time knobs that give high recall at low latency for the index type."""
     if "IVF" in factory:
         return {"nprobe": 32}

@@ -128,6 +128,13 @@ class Corpus:
     def state(self) -> dict[str, Any]:
         return {"items": self.item_vocab.state(), "users": self.user_vocab.state()}
 
+    def item_counts(self, kind: int, before: int | None = None) -> np.ndarray:
+        """[N] per catalogue item: its events of ``kind`` (CONVERSION or ENGAGEMENT), those before ``before`` if given."""
+        m = self.events.kind == kind
+        if before is not None:
+            m &= self.events.ts < before
+        return np.bincount(self.event_row[m], minlength=self.n_items)
+
     def item_batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Item tower inputs of catalogue rows [B]."""
         return {k: v[rows] for k, v in self.item_inputs.items()}

@@ -59,7 +59,8 @@ class TrainStream(IterableDataset):
         self.epoch = start_epoch  # advanced per __iter__; workers are persistent so each keeps counting
 
     def __len__(self) -> int:
-        return len(self.examples) // self.batch_size // _shard()[1] * _shard()[1]
+        n_shards = _shard()[1]
+        return len(self.examples) // self.batch_size // n_shards * n_shards
 
     def _plan(self, rng: np.random.Generator) -> np.ndarray:
         """[n_batches, B] event positions of this epoch."""

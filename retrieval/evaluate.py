@@ -11,10 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from retrieval.corpus import Corpus, EvalSet
-from retrieval.data import to_torch
+from retrieval.embed import embed_items, embed_user_states
 from retrieval.events import CONVERSION, ENGAGEMENT
 from retrieval.model import TwoTowerModel
 
@@ -24,30 +23,25 @@ KS = (10, 50, 100, 500)
 Scorer = Callable[[np.ndarray, EvalSet], np.ndarray]  # (positions into the eval set [B]) -> scores [B, N]
 
 
-def two_tower_scorer(model: TwoTowerModel, corpus: Corpus, batch_size: int = 8192) -> Scorer:
+def two_tower_scorer(model: TwoTowerModel, corpus: Corpus) -> Scorer:
     """Exact inner-product scores of the served embeddings."""
     model.eval()
-    with torch.inference_mode():
-        items = torch.cat([model.embed_items(to_torch(corpus.item_batch(np.arange(lo, min(lo + batch_size, corpus.n_items)))))
-                           for lo in range(0, corpus.n_items, batch_size)]).numpy()
+    items = embed_items(model, corpus, progress=False)
 
     def score(i: np.ndarray, es: EvalSet) -> np.ndarray:
-        x = corpus.user_batch(es.users[i], es.end[i], np.full(len(i), es.now, np.int64))
-        with torch.inference_mode():
-            return model.embed_users(to_torch(x)).numpy() @ items.T
+        return eval_user_vectors(model, corpus, i, es) @ items.T
 
     return score
 
 
-def counts_before(corpus: Corpus, now: int, kind: int, weights: bool = False) -> np.ndarray:
-    """[N] per catalogue item: events of a kind before ``now`` (or their summed weights)."""
-    m = (corpus.events.ts < now) & (corpus.events.kind == kind)
-    return np.bincount(corpus.event_row[m], weights=corpus.weight[m] if weights else None, minlength=corpus.n_items)
+def eval_user_vectors(model: TwoTowerModel, corpus: Corpus, i: np.ndarray, es: EvalSet) -> np.ndarray:
+    """[B, D] served vectors of evaluation users (positions ``i`` of the eval set) at the window's start."""
+    return embed_user_states(model, corpus, es.users[i], es.end[i], np.full(len(i), es.now, np.int64))
 
 
 def popularity_scorer(corpus: Corpus, now: int, kind: int = CONVERSION) -> Scorer:
     """Everyone gets the items most converted on (or engaged with) before the window."""
-    pop = counts_before(corpus, now, kind).astype(np.float32)
+    pop = corpus.item_counts(kind, now).astype(np.float32)
 
     def score(i: np.ndarray, es: EvalSet) -> np.ndarray:
         return np.broadcast_to(pop, (len(i), len(pop)))
@@ -73,7 +67,7 @@ def als_scorer(corpus: Corpus, now: int, dual: bool, factors: int = 64, iteratio
     model.fit(conf, show_progress=False)
     uf, itf = np.asarray(model.user_factors), np.asarray(model.item_factors)
     seen = np.asarray(conf.sum(1)).ravel() > 0
-    pop = counts_before(corpus, now, CONVERSION).astype(np.float32)
+    pop = corpus.item_counts(CONVERSION, now).astype(np.float32)
 
     def score(i: np.ndarray, es: EvalSet) -> np.ndarray:
         users = es.users[i]
@@ -150,7 +144,7 @@ def evaluate(scorer: Scorer, corpus: Corpus, es: EvalSet, ks: tuple[int, ...] = 
              short_history: int = 5) -> dict[str, tuple[float, float, float, int]]:
     """Every metric of the report for one method: {name: (mean, ci_low, ci_high, users)}."""
     pu = rank_targets(scorer, es, corpus.n_items)
-    train_pop = counts_before(corpus, es.now, CONVERSION) + counts_before(corpus, es.now, ENGAGEMENT)
+    train_pop = corpus.item_counts(CONVERSION, es.now) + corpus.item_counts(ENGAGEMENT, es.now)
     order = np.argsort(-train_pop, kind="stable")
     share = np.cumsum(train_pop[order]) / max(train_pop.sum(), 1)
     band = np.empty(corpus.n_items, np.int8)  # 0 head (top 50% of interactions), 1 torso (next 30%), 2 tail

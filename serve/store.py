@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from index.artifact import ArtifactError, Manifest, read_manifest
+from index.faiss_index import apply_search_params
 from retrieval.contract import DataError
 
 # torch, Lightning and the model are imported only when new items are embedded (with_items): the answering
@@ -121,7 +122,8 @@ class Served:
             raise DataError(f"new items: item_id must be {self.manifest.item_id_type}") from None
         if len(pc.unique(ids)) != len(ids):
             raise DataError("new items: an item_id appears twice")
-        clash = np.isin(np.asarray(ids.to_pylist(), dtype=self.item_ids.dtype), self.item_ids)
+        new_ids = np.asarray(ids.to_pylist(), dtype=self.item_ids.dtype)
+        clash = np.isin(new_ids, self.item_ids)
         if clash.any():
             raise DataError(f"new items: already in the index: {ids.filter(pa.array(clash)).to_pylist()[:5]}")
         vocab = TowerVocab.from_state(trained.vocab["items"])
@@ -133,8 +135,7 @@ class Served:
             vecs = trained.model.embed_items(to_torch(x)).numpy()
         index = faiss.clone_index(self.index)  # copy-on-write: requests in flight keep the old index
         index.add(vecs)
-        new_ids = np.concatenate([self.item_ids, np.asarray(ids.to_pylist(), dtype=self.item_ids.dtype)])
-        out = replace(self, index=index, item_ids=new_ids, added=self.added + len(ids))
+        out = replace(self, index=index, item_ids=np.concatenate([self.item_ids, new_ids]), added=self.added + len(ids))
         out.__dict__["_trained"] = trained  # share the loaded model with the new version
         return out
 
@@ -162,8 +163,7 @@ def load_served(folder: str | Path) -> Served:
                             f"dim {m.embedding_dim} and {m.n_items} items")
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise ArtifactError(f"artifact {folder}: index metric is not inner product")
-    for name, value in m.search_params.items():
-        faiss.ParameterSpace().set_index_parameter(index, name, value)
+    apply_search_params(index, m.search_params)
     try:
         items = pq.read_table(folder / "items.parquet", columns=["item_id"]).column("item_id").combine_chunks()
         users_t, user_vecs = _vectors(folder / "users.parquet", "user_id", m.n_users, m.embedding_dim)

@@ -44,7 +44,7 @@ def test_flat_index_equals_exact_search():
 def test_ann_recall_is_measured_and_high(factory):
     x, q = vectors(), vectors(100, seed=2)
     index = build_index(x, factory)
-    apply_search_params(index, default_search_params(factory, len(x)))
+    apply_search_params(index, default_search_params(factory))
     r = measure_recall(index, x, q, 20)
     assert 0.85 <= r <= 1.0
 
