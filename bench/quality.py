@@ -3,7 +3,8 @@
     python bench/quality.py [--datasets synth,trivago,diginetica,synth10x] [--epochs N]
 
 For each dataset, in one run on the same temporal split: the two-tower model (full, and each ablation)
-trained with the dataset's config, and the baselines (conversion and engagement popularity; implicit's
+trained with the dataset's config (epochs chosen on the validation window, then refit on everything before the
+test window with configs/refit.yaml, as a deployment would be), and the baselines (conversion and engagement popularity; implicit's
 ALS on conversions and on dual-weighted interactions). Every method is scored on the test window by the
 same code (retrieval/evaluate.py), with 95% bootstrap intervals over users. Writes the "quality" section of
 docs/benchmarks.md and PNG plots under docs/img/.
@@ -28,6 +29,7 @@ from retrieval.adapters import diginetica, trivago  # noqa: E402
 from retrieval.checkpoint import load_trained  # noqa: E402
 from retrieval.cli import main as cli  # noqa: E402
 from retrieval.events import ENGAGEMENT  # noqa: E402
+from retrieval.split import temporal_split  # noqa: E402
 from retrieval.synth import WorldConfig, generate  # noqa: E402
 
 log = logging.getLogger("bench.quality")
@@ -63,26 +65,46 @@ def prepare(name: str) -> tuple[Path, dict[str, str]]:
     return d, {"config": "configs/diginetica.yaml", "items": str(d / "items.parquet")}
 
 
-def train(name: str, variant: str, ablation: str | None, data: Path, over: dict[str, str], epochs: int | None) -> Path:
-    root = WORK / name / "runs" / variant.replace(" ", "_").replace(",", "")
+def fit(root: Path, configs: list[str], data: Path, over: dict[str, str], extra: list[str]) -> Path:
+    """Run ``python -m retrieval fit`` into ``root``; returns the folder of its checkpoints."""
     args = ["fit", "--config", str(ROOT / over["config"])]
-    if ablation:
-        args += ["--config", str(ROOT / "configs" / "ablations" / f"{ablation}.yaml")]
+    for c in configs:
+        args += ["--config", str(ROOT / "configs" / c)]
     args += [f"--data.events={data / 'events.parquet'}", f"--data.items={over['items']}",
              f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",
-             "--trainer.logger.init_args.name=log", "--trainer.enable_progress_bar=false"]
+             "--trainer.logger.init_args.name=log", "--trainer.enable_progress_bar=false", *extra]
     if "users" in over:
         args.append(f"--data.users={over['users']}")
-    if epochs:
-        args.append(f"--trainer.max_epochs={epochs}")
     cli(args)
-    best = sorted(root.glob("log/version_*/checkpoints/best*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return best[-1]
+    return sorted(root.glob("log/version_*/checkpoints"), key=lambda p: p.stat().st_mtime)[-1]
 
 
-def val_curve(ckpt: Path) -> list[float]:
-    rows = list(csv.DictReader(open(ckpt.parent.parent / "metrics.csv")))
+def train(name: str, variant: str, ablation: str | None, data: Path, over: dict[str, str], epochs: int | None,
+          test_start: int) -> tuple[Path, list[float]]:
+    """Choose the epochs on validation, then refit up to the test window: (final checkpoint, validation curve)."""
+    root = WORK / name / "runs" / variant.replace(" ", "_").replace(",", "")
+    configs = [f"ablations/{ablation}.yaml"] if ablation else []
+    chosen = fit(root / "select", configs, data, over, [f"--trainer.max_epochs={epochs}"] if epochs else [])
+    curve = val_curve(chosen)
+    best_epochs = int(np.argmax(curve)) + 1
+    final = fit(root / "refit", [*configs, "refit.yaml"], data, over,
+                [f"--trainer.max_epochs={best_epochs}", f"--data.split.val_start={test_start}"])
+    return final / "last.ckpt", curve
+
+
+def val_curve(checkpoints: Path) -> list[float]:
+    rows = list(csv.DictReader(open(checkpoints.parent / "metrics.csv")))
     return [float(r["val/conv_recall@100"]) for r in rows if r.get("val/conv_recall@100")]
+
+
+def test_start_of(data: Path, over: dict[str, str]) -> int:
+    """Start of the test window under the dataset config's split (the same for every method)."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / over["config"]).read_text())["data"].get("split", {})
+    ts = pq.read_table(data / "events.parquet", columns=["ts"]).column("ts").to_numpy()
+    return temporal_split(ts, **cfg).test_start
 
 
 def ann_scorer(model, corpus, factory: str = "HNSW32") -> E.Scorer:
@@ -110,21 +132,25 @@ def fmt(v: tuple[float, float, float, int]) -> str:
     return f"{m:.3f}" if np.isnan(lo) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def run_dataset(name: str, epochs: int | None) -> tuple[str, dict]:
+def run_dataset(name: str, epochs: int | None, variants: list[str]) -> tuple[str, dict]:
     data, over = prepare(name)
     results, curves, seconds = {}, {}, {}
     corpus = es = None
+    test_start = test_start_of(data, over)
     for variant, ablation in VARIANTS.items():
+        if variant not in variants:
+            continue
         t = time.perf_counter()
-        ckpt = train(name, variant, ablation, data, over, epochs)
+        ckpt, curves[variant] = train(name, variant, ablation, data, over, epochs, test_start)
         seconds[variant] = time.perf_counter() - t
         trained = load_trained(ckpt)
         if corpus is None:
             corpus = trained.corpus(split=True)
             es = corpus.eval_set(2, None)
+            if es.now != test_start:
+                raise RuntimeError(f"{name}: the refit's test window starts at {es.now}, not {test_start}")
         exact = E.two_tower_scorer(trained.model, corpus)
         results[variant] = E.evaluate(exact, corpus, es)
-        curves[variant] = val_curve(ckpt)
         if ablation is None:
             results["two-tower full, HNSW32 index"] = E.evaluate(ann_scorer(trained.model, corpus), corpus, es)
     now = es.now
@@ -136,8 +162,9 @@ def run_dataset(name: str, epochs: int | None) -> tuple[str, dict]:
     plots = plot(name, results, curves)
     md = [f"## Quality on {name}: retrieving future conversions\n",
           f"Test window: {len(es.users)} users with {n_conv} distinct (user, item) conversions; catalogue "
-          f"{corpus.n_items} items. Mean over users with a 95% bootstrap interval (1000 resamples of users). "
-          f"Training seconds per variant: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + ".\n",
+          f"{corpus.n_items} items. Mean over users with a 95% bootstrap interval (1000 resamples of users). Two-tower "
+          f"variants: epochs chosen on the validation window (training curves below), then refit on everything before "
+          f"the test window, as the baselines are. Training seconds per variant (both fits): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + ".\n",
           table(["method", *SHOW], [[m, *(fmt(r[k]) for k in SHOW)] for m, r in results.items()]), "",
           "Slices (conversion recall@100) and what is retrieved:\n",
           table(["method", *SLICES, "coverage@100", "top-1% items' share of slots"],
@@ -203,12 +230,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", default="synth,trivago,diginetica")
     p.add_argument("--epochs", type=int, default=None, help="override every config's max_epochs")
+    p.add_argument("--variants", default=";".join(VARIANTS), help="two-tower variants to train (';'-separated)")
     a = p.parse_args()
+    variants = a.variants.split(";")
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        p.error(f"unknown variant(s) {sorted(unknown)}; choose from {list(VARIANTS)}")
     logging.basicConfig(level=logging.WARNING)
     for name in a.datasets.split(","):
-        md, _ = run_dataset(name, a.epochs)
+        md, _ = run_dataset(name, a.epochs, variants)
         print(md)
         cmd = f"python bench/quality.py --datasets {name}" + (f" --epochs {a.epochs}" if a.epochs else "")
+        if variants != list(VARIANTS):
+            cmd += f" --variants '{a.variants}'"
         write_section(f"quality-{name}", md.replace("\n", "\n" + stamp(cmd) + "\n", 1))
 
 

@@ -41,6 +41,8 @@ class HistoryConfig:
     length: int = 50  # most recent events kept
     half_life_days: float = 14.0  # recency decay of an event's weight in the bag (0 = none)
     previous_sessions_only: bool = True  # training examples see only earlier sessions, as a served user does
+    item_features: bool = True  # also bag the history items' categorical/hashed features (tables shared with the
+    # item tower): items with no learned ID (launched after training) still say what the user looks at
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,11 @@ class Corpus:
         self.item_inputs = self.item_vocab.encode(self.catalogue, items_table, str(items))  # catalogue rows
         self.user_inputs = self.user_vocab.encode(ev.user_vocab, users_table, str(users))  # user codes
         self.event_row = pc.index_in(ev.item_vocab, value_set=self.catalogue).to_numpy().astype(np.int64)[ev.item]
-        self.hist_item = self.item_inputs["id"][self.event_row]  # [E] item-ID row of each event
+        # History bags gather catalogue rows (+1; 0 = padding) and read ids and features through these lookups.
+        self.history_features = [e["name"] for e in self.item_vocab.encoders
+                                 if history.item_features and e["kind"] in ("categorical", "hashed")]
+        self._hist_lookup = {f"hist_{k}": np.concatenate([[0], self.item_inputs[k]])
+                             for k in ("id", *self.history_features)}  # "hist_id" becomes "hist_items"
         self.weight = event_weights(ev, dwell_weighting.kind, dwell_weighting.t_max, dwell_weighting.threshold)
         self.user_start, self.user_end = user_bounds(ev.user, len(ev.user_vocab))
         self.session_first = np.searchsorted(ev.session, ev.session, side="left")
@@ -141,10 +147,12 @@ class Corpus:
 
     def user_batch(self, users: np.ndarray, end: np.ndarray, now: np.ndarray) -> dict[str, np.ndarray]:
         """User tower inputs of user codes [B] with history events [user_start, end) seen at time ``now`` [B]."""
-        items, weights = gather_history(end, self.user_start[users], self.hist_item, self.weight, self.events.ts,
-                                        now, self.history.length, self.history.half_life_days * DAY)
+        rows, weights = gather_history(end, self.user_start[users], self.event_row + 1, self.weight, self.events.ts,
+                                       now, self.history.length, self.history.half_life_days * DAY)  # [B, L]
         out = {k: v[users] for k, v in self.user_inputs.items()}
-        out["hist_items"], out["hist_weights"] = items, weights
+        for k, lookup in self._hist_lookup.items():
+            out["hist_items" if k == "hist_id" else k] = lookup[rows]  # [B, L], 0 = padding or missing
+        out["hist_weights"] = weights
         return out
 
     def examples(self, window: int = 0) -> np.ndarray:

@@ -202,7 +202,7 @@ class RetrievalData(L.LightningDataModule):
 
     @property
     def user_spec(self) -> dict[str, Any]:
-        return self.corpus.user_vocab.spec()
+        return {**self.corpus.user_vocab.spec(), "history_features": self.corpus.history_features}
 
     def train_dataloader(self) -> DataLoader:
         h = self.hparams

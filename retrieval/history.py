@@ -50,7 +50,7 @@ def gather_history(end: np.ndarray, start: np.ndarray, hist_item: np.ndarray, hi
                    hist_ts: np.ndarray, now: np.ndarray, length: int, half_life_s: float) -> tuple[np.ndarray, np.ndarray]:
     """The last ``length`` events in [start, end) of each row, as a bag.
 
-    end, start, now: [B]; hist_*: [E]. Returns items [B, length] int64 (0 = padding) and
+    end, start, now: [B]; hist_*: [E] (hist_item > 0). Returns items [B, length] int64 (0 = padding) and
     weights [B, length] float32 = event weight x 0.5 ** (age / half_life) (0 on padding).
     """
     pos = end[:, None] - length + np.arange(length)[None, :]  # [B, L], oldest first

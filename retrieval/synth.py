@@ -3,9 +3,11 @@
 What is planted:
 - items: category (Zipf over categories), brand, price, a noisy rating; a hidden quality and a hidden
   "fit" vector (partly shared within a brand, so features say something about new items); Zipf-like
-  popularity within a category; a share of items launched late (after the training window).
-- users: a mixture of interests over categories, a visible style taste (drives what they view) and a
-  hidden fit taste (drives what they buy); a region feature loosely tied to their main interest.
+  popularity within a category; a share of items launched while the log runs (new arrivals, with a
+  novelty boost that fades), some of them after the training window.
+- users: a few interests over categories (a concentrated mixture, which may drift to a second one over
+  time), a visible style taste (drives what they view) and a hidden fit taste (drives what they buy);
+  a region feature loosely tied to their main interest.
 - sessions: a category from the user's mixture, views of popular items of it chosen by style; views
   lead to clicks, add-to-carts and, rarely, purchases that depend on fit and quality. Engagement alone
   barely shows fit; dwell time partly reveals it.
@@ -37,15 +39,20 @@ DAY = 86_400
 @dataclass
 class WorldConfig:
     users: int = 4000  # number of users
-    items: int = 3000  # number of items (catalogue size)
-    categories: int = 24  # item categories
+    items: int = 10000  # number of items (catalogue size)
+    categories: int = 80  # item categories
     brands_per_category: int = 6  # brands within each category
     days: int = 60  # time span of the log
     sessions_per_user: float = 8.0  # mean sessions per user (activity varies log-normally)
     views_per_session: float = 6.0  # mean item views per session
-    candidates: int = 12  # popular items of the category a user looks at before choosing one to view
-    late_item_fraction: float = 0.1  # share of items launched late (no history before late_start)
-    late_start: float = 0.8  # late items launch after this fraction of the span (= the default train end)
+    candidates: int = 30  # popular items of the category a user looks at before choosing one to view
+    style_weight: float = 2.0  # how strongly a user's style picks among the candidates (0 = by popularity only)
+    late_item_fraction: float = 0.3  # share of items launched during the log (no event before their launch)
+    late_start: float = 0.3  # late items launch uniformly between this fraction of the span and 0.97
+    novelty: float = 2.0  # extra choice logit of a just-launched item, decaying with its age
+    novelty_days: float = 7.0  # e-folding age of the novelty boost
+    interest_concentration: float = 2.0  # Dirichlet total of a user's interest mix over categories (small = few interests)
+    interest_drift: float = 0.0  # chance, growing linearly to this by the log's end, that a session follows a second interest mix
     taste_dim: int = 8  # dimension of hidden style and fit vectors
     zipf: float = 1.0  # exponent of item popularity within a category
     missing_dwell: float = 0.3  # share of rows whose dwell_s is null (derived from timestamps instead)
@@ -81,7 +88,7 @@ class World:
         self.rating = np.clip(3.5 + 0.7 * self.quality + rng.normal(0, 0.6, size=n), 1, 5).round(1)
         self.rating_missing = rng.random(n) < 0.1
         late = rng.random(n) < cfg.late_item_fraction
-        self.launch = np.where(late, cfg.t0 + rng.uniform(cfg.late_start, 0.95, size=n) * self.span,
+        self.launch = np.where(late, cfg.t0 + rng.uniform(cfg.late_start, 0.97, size=n) * self.span,
                                cfg.t0 - DAY).astype(np.int64)
         self.late = late
         # Popularity: a random rank within the category, Zipf weights; cum lays categories on [c, c + 1).
@@ -111,10 +118,10 @@ class World:
         rng = np.random.default_rng([self._user_seed, lo])
         m = hi - lo
         C, D = cfg.categories, cfg.taste_dim
-        interest = rng.dirichlet(np.full(C, 0.3), size=m)
-        interest[:, np.setdiff1d(np.arange(C), self._present)] = 0
-        interest /= interest.sum(1, keepdims=True)
-        region = np.where(rng.random(m) < 0.7, interest.argmax(1) % 5, rng.integers(0, 5, m))
+        interest = rng.dirichlet(np.full(C, cfg.interest_concentration / C), size=(2, m))  # [2, m, C]: the mix now, and the one drifted to
+        interest[:, :, np.setdiff1d(np.arange(C), self._present)] = 0
+        interest /= interest.sum(2, keepdims=True)
+        region = np.where(rng.random(m) < 0.7, interest[0].argmax(1) % 5, rng.integers(0, 5, m))
         return {
             "user_id": np.arange(lo, hi, dtype=np.int64) + 1,
             "interest": interest,
@@ -140,22 +147,28 @@ class World:
         n_sess = np.maximum(1, rng.poisson(cfg.sessions_per_user * u["activity"]))
         s_user = np.repeat(np.arange(m), n_sess)  # [S]
         s_start = cfg.t0 + rng.uniform(0, self.span - 4 * 3600, size=len(s_user))
-        cum_int = np.cumsum(u["interest"], 1)
-        s_cat = np.minimum((cum_int[s_user] < rng.random(len(s_user))[:, None]).sum(1), cfg.categories - 1)
+        # A session's category comes from the user's first interest mix, or, more often as time goes on, the second.
+        drifted = rng.random(len(s_user)) < cfg.interest_drift * (s_start - cfg.t0) / self.span
+        cum_int = np.cumsum(u["interest"], 2)[drifted.astype(np.int64), s_user]  # [S, C]
+        s_cat = np.minimum((cum_int < rng.random(len(s_user))[:, None]).sum(1), cfg.categories - 1)
         n_views = 1 + rng.poisson(cfg.views_per_session - 1, size=len(s_user))
         v_sess = np.repeat(np.arange(len(s_user)), n_views)  # [V]
         v_user = s_user[v_sess]
         V = len(v_sess)
-        # A view: among popular candidates of the session's category, launched ones, chosen by style.
+        # A view: among popular candidates of the session's category, launched ones, chosen by style and novelty.
         cand = self.sample_items(rng, s_cat[v_sess], cfg.candidates)  # [V, K]
         style_aff = np.einsum("vd,vkd->vk", u["style"][v_user], self.style[cand]) / np.sqrt(cfg.taste_dim)
+        age = s_start[v_sess][:, None] - self.launch[cand]  # [V, K] seconds since launch (< 0: not yet on sale)
+        novelty = cfg.novelty * np.exp(-np.maximum(age, 0) / (cfg.novelty_days * DAY))
         gumbel = -np.log(-np.log(rng.random(cand.shape)))
-        v_item0 = cand[np.arange(V), np.argmax(style_aff + gumbel, 1)]
+        logit = np.where(age >= 0, cfg.style_weight * style_aff + novelty + gumbel, -np.inf)
+        choice = np.argmax(logit, 1)
+        v_item0 = cand[np.arange(V), choice]
         fit_aff = np.einsum("vd,vd->v", u["fit"][v_user], self.fit[v_item0]) / np.sqrt(cfg.taste_dim)
         q = self.quality[v_item0]
         # Dwell partly reveals fit and quality; clicks barely do; purchases depend on them.
         d_view = rng.lognormal(2.3 + 0.45 * fit_aff + 0.25 * q, 0.9)
-        click = rng.random(V) < _sigmoid(-0.6 + 0.4 * style_aff.max(1) + 0.15 * fit_aff)
+        click = rng.random(V) < _sigmoid(-0.6 + 0.4 * style_aff[np.arange(V), choice] + 0.15 * fit_aff)
         d_click = rng.lognormal(3.0 + 0.4 * fit_aff, 0.8)
         cart = click & (rng.random(V) < _sigmoid(-1.6 + 0.6 * fit_aff + 0.4 * q))
         price_term = u["price_sens"][v_user] * (self.log_price[v_item0] - 3.5)

@@ -2,7 +2,8 @@
 
 Inputs are dicts of tensors (batch first) built by :class:`retrieval.vocab.TowerVocab` and the history
 builder: ``id`` [B] embedding row (0 = no learned id), one entry per feature, and for the user tower
-``hist_items`` [B, L] / ``hist_weights`` [B, L], a bag over the item-ID table shared with the item tower.
+``hist_items`` [B, L] / ``hist_weights`` [B, L], a bag over the item-ID table shared with the item tower, and
+``hist_<feature>`` [B, L]: bags of the history items' categorical features over the item tower's tables.
 """
 
 from __future__ import annotations
@@ -42,11 +43,19 @@ class FeatureEmbedder(nn.Module):
         return out
 
 
+def _weighted_bag(codes: Tensor, weights: Tensor, table: nn.Embedding) -> Tensor:
+    """Weighted mean of table rows: codes, weights [B, L] -> [B, E]; code 0 (padding, missing) weighs nothing."""
+    w = weights * (codes > 0)
+    bag = F.embedding_bag(codes, table.weight, mode="sum", per_sample_weights=w, sparse=True, padding_idx=0)
+    return bag / w.sum(1, keepdim=True).clamp_min(1e-6)
+
+
 class Tower(nn.Module):
     """inputs -> concat -> MLP -> one linear head per objective -> L2 normalise (+ a scalar bias per head).
 
     id_table: the tower's own ID embedding (None = no ID input); history_table: the item-ID table read as a
-    weighted bag of the user's history (user tower only); id_dropout: share of training rows whose ID
+    weighted bag of the user's history (user tower only); history_features: item-feature tables read as bags
+    of the history items' feature codes (user tower only; shared with the item tower); id_dropout: share of training rows whose ID
     embedding is zeroed, so the tower also learns to embed from features alone (new items, new users);
     bias: each head also outputs an unnormalised scalar (item popularity that normalised vectors cannot hold),
     appended as the last column: [B, out_dim + 1].
@@ -54,11 +63,13 @@ class Tower(nn.Module):
 
     def __init__(self, features: list[dict[str, Any]], embed_dim: int, hidden: list[int], out_dim: int,
                  heads: list[str], id_table: nn.Embedding | None = None, history_table: nn.Embedding | None = None,
-                 id_dropout: float = 0.0, bias: bool = False):
+                 history_features: dict[str, nn.Embedding] | None = None, id_dropout: float = 0.0, bias: bool = False):
         super().__init__()
         self.id_table, self.history_table, self.id_dropout = id_table, history_table, id_dropout
+        self.history_features = nn.ModuleDict(history_features or {})
         self.embedder = FeatureEmbedder(features, embed_dim)
-        in_dim = self.embedder.out_dim + embed_dim * ((id_table is not None) + (history_table is not None))
+        in_dim = self.embedder.out_dim + embed_dim * ((id_table is not None) + (history_table is not None)
+                                                      + len(self.history_features))
         if in_dim == 0:
             raise ValueError("a tower needs at least one input: an id table, a history bag or a feature")
         layers: list[nn.Module] = []
@@ -77,10 +88,9 @@ class Tower(nn.Module):
                 e = e * (torch.rand(e.shape[0], 1, device=e.device) >= self.id_dropout)
             parts.append(e)
         if self.history_table is not None:
-            w = x["hist_weights"] * (x["hist_items"] > 0)  # [B, L]; padding (id 0) weighs nothing
-            bag = F.embedding_bag(x["hist_items"], self.history_table.weight, mode="sum", per_sample_weights=w,
-                                  sparse=True, padding_idx=0)  # [B, E]
-            parts.append(bag / w.sum(1, keepdim=True).clamp_min(1e-6))
+            parts.append(_weighted_bag(x["hist_items"], x["hist_weights"], self.history_table))
+        for name, table in self.history_features.items():
+            parts.append(_weighted_bag(x[f"hist_{name}"], x["hist_weights"], table))
         return self.mlp(torch.cat(parts, dim=1))
 
     def forward(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -101,6 +111,7 @@ def build_towers(items: dict[str, Any], users: dict[str, Any], embed_dim: int, h
     user_table = nn.Embedding(users["n_ids"], embed_dim, padding_idx=0, sparse=True) if user_ids else None
     item_tower = Tower(items["features"], embed_dim, hidden, out_dim, heads, id_table=item_ids, id_dropout=id_dropout,
                        bias=item_bias)
+    shared = {n: item_tower.embedder.tables[n] for n in users.get("history_features", [])}
     user_tower = Tower(users["features"], embed_dim, hidden, out_dim, heads, id_table=user_table,
-                       history_table=item_ids, id_dropout=id_dropout)
+                       history_table=item_ids, history_features=shared, id_dropout=id_dropout)
     return item_tower, user_tower

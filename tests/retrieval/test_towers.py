@@ -69,3 +69,19 @@ def test_sparse_and_dense_parameters_go_to_their_optimizers():
     n_dense = sum(p.numel() for g in dense.param_groups for p in g["params"])
     assert n_sparse + n_dense == n_all  # each parameter once (the shared item table too)
     assert n_sparse >= 11 * 8 + 6 * 8 + 4 * 8 + 6 * 8 + 9 * 8
+
+
+def test_history_features_speak_for_items_without_a_learned_id():
+    """A history of new items (id 0) still moves the user through their features, read from the item tower's table."""
+    users = dict(USERS, history_features=["cat"])
+    m = TwoTowerModel(ITEMS, users, embed_dim=8, hidden=[16], out_dim=6, item_bias=False).eval()
+    assert m.user_tower.history_features["cat"] is m.item_tower.embedder.tables["cat"]  # shared, not copied
+    u = user_batch()
+    new = dict(u, hist_items=torch.zeros_like(u["hist_items"]), hist_cat=torch.full((4, 7), 2))
+    with torch.no_grad():
+        empty = m.embed_users(dict(new, hist_cat=torch.zeros(4, 7, dtype=torch.long)))
+        assert not torch.allclose(empty, m.embed_users(new))  # category 2 says something
+        assert not torch.allclose(m.embed_users(new), m.embed_users(dict(new, hist_cat=torch.full((4, 7), 3))))
+    sparse, dense = m.configure_optimizers()
+    ids = [id(p) for g in (*sparse.param_groups, *dense.param_groups) for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(m.parameters()))  # the shared table is optimised once

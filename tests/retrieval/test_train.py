@@ -99,3 +99,19 @@ def test_ddp_two_processes_on_cpu(tiny_world, tmp_path):
     assert "Starting with 2 processes" in r.stderr + r.stdout
     ck = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ck["epoch"] == 1 and ck["global_step"] == 10  # each rank took 5 batches a epoch, in step
+
+
+def test_refit_trains_through_the_validation_window(tiny_world, tmp_path):
+    """configs/refit.yaml: no validation window, a fixed number of epochs, the last checkpoint kept; the
+    training window then reaches the test window, so items first seen in validation get a learned id."""
+    def fit(root, *extra):
+        return main(["fit", *fit_args(tiny_world, root, "--trainer.max_epochs=1", *extra)])
+
+    chosen = fit(tmp_path / "select")
+    test_start = chosen.datamodule.corpus.split.test_start
+    refit = fit(tmp_path / "refit", "--config", str(ROOT / "configs" / "refit.yaml"), f"--data.split.val_start={test_start}")
+    c0, c1 = chosen.datamodule.corpus, refit.datamodule.corpus
+    assert c1.split.val_start == c1.split.test_start == test_start
+    assert len(c1.item_vocab.id_vocab) > len(c0.item_vocab.id_vocab)
+    assert refit.trainer.num_val_batches == [] or sum(refit.trainer.num_val_batches) == 0
+    assert (tmp_path / "refit" / "checkpoints" / "last.ckpt").exists()

@@ -1,0 +1,42 @@
+"""The corpus: history bags read ids and item features of the same history events."""
+
+from __future__ import annotations
+
+import numpy as np
+import yaml
+from helpers import TINY
+
+from retrieval.corpus import Corpus, DwellWeighting, HistoryConfig, SplitConfig
+from retrieval.events import DwellConfig, EventRoles
+
+
+def corpus(world, **history) -> Corpus:
+    d = yaml.safe_load(open(TINY))["data"]
+    return Corpus(str(world / "events.parquet"), str(world / "items.parquet"), str(world / "users.parquet"),
+                  roles=EventRoles(**d["roles"]), sessions=DwellConfig(), dwell_weighting=DwellWeighting(),
+                  history=HistoryConfig(**{**d.get("history", {}), **history}), split=SplitConfig(),
+                  item_features=d["item_features"], user_features=d["user_features"])
+
+
+def test_history_bags_carry_ids_and_features_of_the_same_events(tiny_world):
+    c = corpus(tiny_world, length=20)
+    assert c.history_features == [e["name"] for e in c.item_vocab.encoders if e["kind"] in ("categorical", "hashed")]
+    assert c.history_features  # the tiny config has categorical item features
+    users = np.arange(len(c.events.user_vocab))
+    b = c.user_batch(users, c.user_end[users], np.full(len(users), c.events.ts.max() + 1))
+    u = int(np.argmax(c.user_end - c.user_start))  # the user with the longest history
+    rows = c.event_row[c.user_start[u]:c.user_end[u]][-20:]  # their last 20 events, oldest first
+    assert (b["hist_items"][u] == c.item_inputs["id"][rows]).all()
+    for name in c.history_features:
+        assert (b[f"hist_{name}"][u] == c.item_inputs[name][rows]).all()
+    # An item launched after training has no learned id but keeps its features in the bag.
+    no_id = (b["hist_items"] == 0) & (b["hist_weights"] > 0)
+    assert no_id.any(), "the tiny world has items launched after the training window"
+    assert (b[f"hist_{c.history_features[0]}"][no_id] > 0).any()
+
+
+def test_history_features_can_be_switched_off(tiny_world):
+    c = corpus(tiny_world, item_features=False)
+    assert c.history_features == []
+    b = c.user_batch(np.array([0]), c.user_end[:1], np.array([c.events.ts.max() + 1]))
+    assert not any(k.startswith("hist_") and k not in ("hist_items", "hist_weights") for k in b)
