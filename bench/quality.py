@@ -45,7 +45,7 @@ VARIANTS = {  # name -> ablation config (None = the dataset's config as is: the 
 }
 SHOW = ["conv_recall@10", "conv_recall@50", "conv_recall@100", "conv_recall@500", "conv_ndcg@100", "eng_recall@100"]
 SLICES = ["cold_item_conv_recall@100", "head_conv_recall@100", "torso_conv_recall@100", "tail_conv_recall@100",
-          "short_history(<5)_conv_recall@100"]
+          "short_history(<5)_conv_recall@100", "engaged_before_conv_recall@100", "new_to_user_conv_recall@100"]
 
 
 def prepare(name: str) -> tuple[Path, dict[str, str]]:
@@ -80,16 +80,27 @@ def fit(root: Path, configs: list[str], data: Path, over: dict[str, str], extra:
 
 
 def train(name: str, variant: str, ablation: str | None, data: Path, over: dict[str, str], epochs: int | None,
-          test_start: int) -> tuple[Path, list[float]]:
-    """Choose the epochs on validation, then refit up to the test window: (final checkpoint, validation curve)."""
+          test_start: int, reuse: bool) -> tuple[Path, list[float], float]:
+    """Choose the epochs on validation, then refit up to the test window.
+
+    Returns the final checkpoint, the validation curve and the training seconds; ``reuse``: take both fits from an
+    earlier run of this command when they are there (to re-score without retraining)."""
     root = WORK / name / "runs" / variant.replace(" ", "_").replace(",", "")
+    done = root / "seconds.txt"
+    if reuse and done.exists():
+        chosen = sorted((root / "select").glob("log/version_*/checkpoints"))[-1]
+        final = sorted((root / "refit").glob("log/version_*/checkpoints"))[-1]
+        return final / "last.ckpt", val_curve(chosen), float(done.read_text())
+    t = time.perf_counter()
     configs = [f"ablations/{ablation}.yaml"] if ablation else []
     chosen = fit(root / "select", configs, data, over, [f"--trainer.max_epochs={epochs}"] if epochs else [])
     curve = val_curve(chosen)
     best_epochs = int(np.argmax(curve)) + 1
     final = fit(root / "refit", [*configs, "refit.yaml"], data, over,
                 [f"--trainer.max_epochs={best_epochs}", f"--data.split.val_start={test_start}"])
-    return final / "last.ckpt", curve
+    seconds = time.perf_counter() - t
+    done.write_text(f"{seconds:.1f}")
+    return final / "last.ckpt", curve, seconds
 
 
 def val_curve(checkpoints: Path) -> list[float]:
@@ -132,7 +143,7 @@ def fmt(v: tuple[float, float, float, int]) -> str:
     return f"{m:.3f}" if np.isnan(lo) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def run_dataset(name: str, epochs: int | None, variants: list[str]) -> tuple[str, dict]:
+def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool = False) -> tuple[str, dict]:
     data, over = prepare(name)
     results, curves, seconds = {}, {}, {}
     corpus = es = None
@@ -140,9 +151,7 @@ def run_dataset(name: str, epochs: int | None, variants: list[str]) -> tuple[str
     for variant, ablation in VARIANTS.items():
         if variant not in variants:
             continue
-        t = time.perf_counter()
-        ckpt, curves[variant] = train(name, variant, ablation, data, over, epochs, test_start)
-        seconds[variant] = time.perf_counter() - t
+        ckpt, curves[variant], seconds[variant] = train(name, variant, ablation, data, over, epochs, test_start, reuse)
         trained = load_trained(ckpt)
         if corpus is None:
             corpus = trained.corpus(split=True)
@@ -230,6 +239,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", default="synth,trivago,diginetica")
     p.add_argument("--epochs", type=int, default=None, help="override every config's max_epochs")
+    p.add_argument("--reuse", action="store_true", help="score the fits of an earlier run instead of training again")
     p.add_argument("--variants", default=";".join(VARIANTS), help="two-tower variants to train (';'-separated)")
     a = p.parse_args()
     variants = a.variants.split(";")
@@ -238,11 +248,13 @@ def main() -> None:
         p.error(f"unknown variant(s) {sorted(unknown)}; choose from {list(VARIANTS)}")
     logging.basicConfig(level=logging.WARNING)
     for name in a.datasets.split(","):
-        md, _ = run_dataset(name, a.epochs, variants)
+        md, _ = run_dataset(name, a.epochs, variants, a.reuse)
         print(md)
         cmd = f"python bench/quality.py --datasets {name}" + (f" --epochs {a.epochs}" if a.epochs else "")
         if variants != list(VARIANTS):
             cmd += f" --variants '{a.variants}'"
+        if a.reuse:
+            cmd += " --reuse  # (scored again the fits of the previous run of this command)"
         write_section(f"quality-{name}", md.replace("\n", "\n" + stamp(cmd) + "\n", 1))
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -24,3 +25,15 @@ def fit_args(world: Path, root: Path, *extra: str) -> list[str]:
     """CLI args training configs/tiny.yaml on ``world`` with outputs under ``root``."""
     return ["--config", TINY, f"--data.events={world / 'events.parquet'}", f"--data.items={world / 'items.parquet'}",
             f"--data.users={world / 'users.parquet'}", f"--trainer.default_root_dir={root}", *extra]
+
+
+def tiny_corpus(world: Path, **history):
+    """The corpus of configs/tiny.yaml's data settings over ``world``, with a split (history options overridable)."""
+    from retrieval.corpus import Corpus, DwellWeighting, HistoryConfig, SplitConfig
+    from retrieval.events import DwellConfig, EventRoles
+
+    d = yaml.safe_load(open(TINY))["data"]
+    return Corpus(str(world / "events.parquet"), str(world / "items.parquet"), str(world / "users.parquet"),
+                  roles=EventRoles(**d["roles"]), sessions=DwellConfig(), dwell_weighting=DwellWeighting(),
+                  history=HistoryConfig(**{**d.get("history", {}), **history}), split=SplitConfig(),
+                  item_features=d["item_features"], user_features=d["user_features"])

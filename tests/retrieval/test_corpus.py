@@ -3,19 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-import yaml
-from helpers import TINY
-
-from retrieval.corpus import Corpus, DwellWeighting, HistoryConfig, SplitConfig
-from retrieval.events import DwellConfig, EventRoles
-
-
-def corpus(world, **history) -> Corpus:
-    d = yaml.safe_load(open(TINY))["data"]
-    return Corpus(str(world / "events.parquet"), str(world / "items.parquet"), str(world / "users.parquet"),
-                  roles=EventRoles(**d["roles"]), sessions=DwellConfig(), dwell_weighting=DwellWeighting(),
-                  history=HistoryConfig(**{**d.get("history", {}), **history}), split=SplitConfig(),
-                  item_features=d["item_features"], user_features=d["user_features"])
+from helpers import tiny_corpus as corpus
 
 
 def test_history_bags_carry_ids_and_features_of_the_same_events(tiny_world):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from helpers import tiny_corpus
 
 from retrieval import evaluate as E
 from retrieval.corpus import EvalSet
@@ -28,3 +29,23 @@ def test_rank_targets_with_a_known_scorer():
     assert pu.conv_ranks[0].tolist() == [1, 3] and pu.conv_ranks[1].tolist() == [3]  # 3 = not in the top 3
     assert pu.eng_ranks[0].tolist() == [0]
     assert pu.top100[0].tolist() == [1, 2, 3]
+
+
+def test_slices_split_conversions_by_what_the_user_saw_before(tiny_world):
+    """A scorer that ranks exactly the items a user engaged with before on top retrieves all of that slice."""
+    c = tiny_corpus(tiny_world)
+    es = c.eval_set(2)
+
+    def seen_first(i, es):
+        s = np.zeros((len(i), c.n_items), np.float32)
+        for b, j in enumerate(i):
+            s[b, c.event_row[c.user_start[es.users[j]]:es.end[j]]] = 1.0
+        return s
+
+    r = E.evaluate(seen_first, c, es)
+    n_seen = [len(np.unique(c.event_row[c.user_start[u]:e])) for u, e in zip(es.users, es.end, strict=True)]
+    assert max(n_seen) <= 100  # so every previously seen item fits in the top 100
+    mean, _, _, users = r["engaged_before_conv_recall@100"]
+    assert mean == 1.0 and users > 0
+    assert r["new_to_user_conv_recall@100"][3] > 0  # some conversions are of items new to the user
+    assert r["new_to_user_conv_recall@100"][0] < 1.0
