@@ -143,7 +143,19 @@ def bootstrap(values: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, 
 def evaluate(scorer: Scorer, corpus: Corpus, es: EvalSet, ks: tuple[int, ...] = KS,
              short_history: int = 5) -> dict[str, tuple[float, float, float, int]]:
     """Every metric of the report for one method: {name: (mean, ci_low, ci_high, users)}."""
-    pu = rank_targets(scorer, es, corpus.n_items)
+    return summarize(rank_targets(scorer, es, corpus.n_items), corpus, es, ks, short_history)
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float, float, int]:
+    """Mean of a - b over users with both values, with a 95% interval from resampling users (paired: the same
+    users for both methods, so the interval is tighter than two separate intervals suggest)."""
+    both = ~(np.isnan(a) | np.isnan(b))
+    return bootstrap((a - b)[both], n, seed)
+
+
+def summarize(pu: PerUser, corpus: Corpus, es: EvalSet, ks: tuple[int, ...] = KS,
+              short_history: int = 5) -> dict[str, tuple[float, float, float, int]]:
+    """The report's metrics from ranked targets (see :func:`evaluate`)."""
     train_pop = corpus.item_counts(CONVERSION, es.now) + corpus.item_counts(ENGAGEMENT, es.now)
     order = np.argsort(-train_pop, kind="stable")
     share = np.cumsum(train_pop[order]) / max(train_pop.sum(), 1)

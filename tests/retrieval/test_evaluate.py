@@ -49,3 +49,12 @@ def test_slices_split_conversions_by_what_the_user_saw_before(tiny_world):
     assert mean == 1.0 and users > 0
     assert r["new_to_user_conv_recall@100"][3] > 0  # some conversions are of items new to the user
     assert r["new_to_user_conv_recall@100"][0] < 1.0
+
+
+def test_paired_difference_uses_users_scored_by_both():
+    a = np.array([1.0, 0.5, np.nan, 0.0, 1.0])
+    b = np.array([0.0, 0.5, 1.0, np.nan, 1.0])
+    mean, lo, hi, users = E.paired_difference(a, b)
+    assert users == 3 and np.isclose(mean, 1 / 3) and 0.0 <= lo <= mean <= hi <= 1.0
+    mean, lo, hi, _ = E.paired_difference(np.full(50, 0.6), np.full(50, 0.5))  # the same gap for every user
+    assert np.isclose(mean, 0.1) and np.isclose(lo, 0.1) and np.isclose(hi, 0.1)
