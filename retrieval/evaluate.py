@@ -173,7 +173,8 @@ def summarize(pu: PerUser, corpus: Corpus, es: EvalSet, ks: tuple[int, ...] = KS
     for b, name in enumerate(("head", "torso", "tail")):
         out[f"{name}_conv_recall@100"] = bootstrap(recall(pu.conv_ranks, k, [band[r] == b for r in pu.conv_rows]))
     # Conversions of items the user engaged with (or bought) before the window, and of items new to them.
-    before = [np.isin(rows, corpus.event_row[corpus.user_start[u]:e]) for rows, u, e in zip(pu.conv_rows, es.users, es.end, strict=True)]
+    before = [np.isin(rows, corpus.event_row[corpus.user_start[u]:e])
+              for rows, u, e in zip(pu.conv_rows, es.users, es.end, strict=True)]
     out["engaged_before_conv_recall@100"] = bootstrap(recall(pu.conv_ranks, k, before))
     out["new_to_user_conv_recall@100"] = bootstrap(recall(pu.conv_ranks, k, [~b for b in before]))
     short = recall(pu.conv_ranks, k)

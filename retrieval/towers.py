@@ -55,10 +55,10 @@ class Tower(nn.Module):
 
     id_table: the tower's own ID embedding (None = no ID input); history_table: the item-ID table read as a
     weighted bag of the user's history (user tower only); history_features: item-feature tables read as bags
-    of the history items' feature codes (user tower only; shared with the item tower); id_dropout: share of training rows whose ID
-    embedding is zeroed, so the tower also learns to embed from features alone (new items, new users);
-    bias: each head also outputs an unnormalised scalar (item popularity that normalised vectors cannot hold),
-    appended as the last column: [B, out_dim + 1].
+    of the history items' feature codes (user tower only; shared with the item tower); id_dropout: share of
+    training rows whose ID embedding is zeroed, so the tower also learns to embed from features alone (new
+    items, new users); bias: each head also outputs an unnormalised scalar (item popularity that normalised
+    vectors cannot hold), appended as the last column: [B, out_dim + 1].
     """
 
     def __init__(self, features: list[dict[str, Any]], embed_dim: int, hidden: list[int], out_dim: int,
