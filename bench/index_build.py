@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning as L  # noqa: E402
 
 from bench.big_world import BIG, data_kwargs, ensure_world  # noqa: E402
-from bench.report import stamp, table, write_section  # noqa: E402
+from bench.report import publish, table  # noqa: E402
 from index.faiss_index import apply_search_params, build_index, default_search_params, measure_recall  # noqa: E402
 from retrieval.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 from retrieval.data import RetrievalData  # noqa: E402
@@ -85,15 +85,13 @@ def main() -> None:
         rows.append([factory, f"{t_build:.1f}", f"{size:,.0f}", f"{rec:.4f}", f"{p50:.2f}", f"{p99:.2f}", f"{qps:,.0f}",
                      str(default_search_params(factory) or "-")])
         print(rows[-1], flush=True)
-    md = ["## Index build (1M items)", "", stamp("python bench/index_build.py " + " ".join(sys.argv[1:])), "",
+    publish("index_build", "Index build (1M items)", [
           f"{len(items):,} items embedded by the item tower in {t_embed:.1f} s ({len(items) / t_embed:,.0f} items/s, "
           f"batch 8192, dim {items.shape[1]}); model trained {a.train_steps} steps on the 1M-user world. "
           "Recall@100 against exact search on 1000 users; latency: one query at a time on one thread "
           "(300 queries); throughput: 1000 queries in one batch on all cores.", "",
           table(["index", "build s", "size MiB", "recall@100", "p50 ms", "p99 ms", "batched queries/s",
-                 "search params"], rows), ""]
-    print("\n".join(md))
-    write_section("index_build", "\n".join(md))
+                 "search params"], rows), ""])
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import ROOT, stamp, table, write_section  # noqa: E402
+from bench.report import ROOT, publish, table  # noqa: E402
 from retrieval import evaluate as E  # noqa: E402
 from retrieval.adapters import diginetica, trivago  # noqa: E402
 from retrieval.checkpoint import load_trained  # noqa: E402
@@ -144,7 +144,8 @@ def fmt(v: tuple[float, float, float, int]) -> str:
     return f"{m:.3f}" if np.isnan(lo) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool = False) -> tuple[str, dict]:
+def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool = False) -> tuple[list[str], dict]:
+    """Train, score and plot one dataset: (the report section's paragraphs, {method: metrics})."""
     data, over = prepare(name)
     results, curves, seconds, per_user = {}, {}, {}, {}
     corpus = es = None
@@ -178,8 +179,7 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
         r["full_minus_this@100"] = E.paired_difference(full, per_user[m]) if full is not None else (np.nan,) * 3 + (0,)
     n_conv = sum(len(t) for t in es.conversions)
     plots = plot(name, results, curves)
-    md = [f"## Quality on {name}: retrieving future conversions\n",
-          f"Test window: {len(es.users)} users with {n_conv} distinct (user, item) conversions; catalogue "
+    md = [f"Test window: {len(es.users)} users with {n_conv} distinct (user, item) conversions; catalogue "
           f"{corpus.n_items} items. Mean over users with a 95% bootstrap interval (1000 resamples of users); "
           f"full_minus_this@100 is the full model's conversion recall@100 minus the method's, per user, with a paired "
           f"interval (the full model wins beyond noise where it excludes 0). Two-tower "
@@ -191,7 +191,7 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
                 [[m, *(fmt(r[k]) for k in SLICES), fmt(r["coverage@100"]), fmt(r["top1%_items_share_of_slots"])]
                  for m, r in results.items()]), "",
           " ".join(f"![{p.stem}](img/{p.name})" for p in plots), ""]
-    return "\n".join(md), results
+    return md, results
 
 
 def save(fig, filename: str) -> Path:
@@ -260,13 +260,12 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     for name in a.datasets.split(","):
         md, _ = run_dataset(name, a.epochs, variants, a.reuse)
-        print(md)
         cmd = f"python bench/quality.py --datasets {name}" + (f" --epochs {a.epochs}" if a.epochs else "")
         if variants != list(VARIANTS):
             cmd += f" --variants '{a.variants}'"
         if a.reuse:
             cmd += " --reuse  # (scored again the fits of the previous run of this command)"
-        write_section(f"quality-{name}", md.replace("\n", "\n" + stamp(cmd) + "\n", 1))
+        publish(f"quality-{name}", f"Quality on {name}: retrieving future conversions", md, cmd)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,17 @@ def write_section(name: str, body: str) -> None:
     print(f"wrote section '{name}' of {DOC}", file=sys.stderr)
 
 
+def publish(name: str, title: str, body: list[str], command: str | None = None) -> str:
+    """Print a section and write it to docs/benchmarks.md: the title, the machine/date/command stamp, the body.
+
+    command: how to reproduce it (default: this script's own command line)."""
+    command = command or " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    md = "\n".join([f"## {title}", "", stamp(command), "", *body])
+    print(md)
+    write_section(name, md)
+    return md
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]

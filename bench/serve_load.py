@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.big_world import BIG  # noqa: E402
-from bench.report import ROOT, stamp, table, write_section  # noqa: E402
+from bench.report import ROOT, publish, table  # noqa: E402
 
 LUA = """
 math.randomseed(os.time())
@@ -123,7 +123,7 @@ def main() -> None:
     ceiling = {c: r["rps"] for name, c, r in rows if name.startswith("constant")}
     md_rows = [[name, c, f"{r['rps']:,.0f}", f"{r['rps'] / ceiling[c]:.2f}", f"{r['p50']:.2f}", f"{r['p90']:.2f}",
                 f"{r['p99']:.2f}", r["errors"], r["socket"]] for name, c, r in rows]
-    md = ["## Serving under load", "", stamp("python bench/serve_load.py " + " ".join(sys.argv[1:])), "",
+    publish("serve_load", "Serving under load", [
           f"Artifact: {manifest['n_items']:,} items, {manifest['n_users']:,} users, `{manifest['factory']}` "
           f"(measured recall@{manifest['recall_check']['k']} = {manifest['recall_check']['recall']}), "
           f"dim {manifest['embedding_dim']}. wrk {a.seconds} s per row, k=100, 80% known users / 20% unknown "
@@ -131,9 +131,7 @@ def main() -> None:
           table(["server", "connections", "requests/s", "ratio to ceiling", "p50 ms", "p90 ms", "p99 ms", "non-2xx",
                  "socket errors"], md_rows), "",
           f"Service resident memory: {rss_idle:,.0f} MiB after load, {rss_loaded:,.0f} MiB after the runs; index + "
-          f"item and user embeddings on disk: {data_mib:,.0f} MiB (ratio {rss_loaded / data_mib:.2f}).", ""]
-    print("\n".join(md))
-    write_section("serve_load", "\n".join(md))
+          f"item and user embeddings on disk: {data_mib:,.0f} MiB (ratio {rss_loaded / data_mib:.2f}).", ""])
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import ROOT, stamp, table, write_section  # noqa: E402
+from bench.report import ROOT, publish, table  # noqa: E402
 from bench.serve_load import rss_mib, wait_ready  # noqa: E402
 from index.build import build  # noqa: E402
 from serve.store import load_served  # noqa: E402
@@ -139,7 +139,7 @@ def main() -> None:
                "after the swap": ts >= events["swap_end"] + 1}
     rows = [[name, int(m.sum()), f"{np.percentile(lat[m], 50):.2f}", f"{np.percentile(lat[m], 99):.2f}"]
             for name, m in windows.items() if m.any()]
-    md = ["## Soak: load with a hot swap and a new item", "", stamp("python bench/soak.py " + " ".join(sys.argv[1:])), "",
+    publish("soak", "Soak: load with a hot swap and a new item", [
           f"{a.seconds} s at {a.conns} keep-alive connections (Python clients on the same machine), k={a.k}, "
           f"150 known and 50 unknown users. Swap v1 (Flat) -> v2 (HNSW32) at {a.seconds // 3} s: answered "
           f"{events['swap'][0]} in {events['swap_end'] - events['swap_start']:.2f} s; new item added at "
@@ -149,9 +149,7 @@ def main() -> None:
               ["requests", f"{len(log):,}"],
               ["non-2xx or transport errors", f"{len(bad_status)}"],
               ["answers not equal to their version's own answer (mixed or wrong)", f"{len(mixed)}"],
-              ["resident memory before / after", f"{rss_before:,.0f} MiB / {rss_after:,.0f} MiB"]]), ""]
-    print("\n".join(md))
-    write_section("soak", "\n".join(md))
+              ["resident memory before / after", f"{rss_before:,.0f} MiB / {rss_after:,.0f} MiB"]]), ""])
     if bad_status or mixed:
         sys.exit(1)
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning as L  # noqa: E402
 
 from bench.big_world import data_kwargs, ensure_world  # noqa: E402
-from bench.report import stamp, table, write_section  # noqa: E402
+from bench.report import publish, table  # noqa: E402
 from retrieval.data import RetrievalData, TrainStream  # noqa: E402
 from retrieval.model import TwoTowerModel  # noqa: E402
 
@@ -144,15 +144,13 @@ def main() -> None:
         ("  the same without uniform negatives (in-batch only)", no_negs),
         ("  the same without the auxiliary head", no_aux),
         ("plain PyTorch loop (same towers and optimizers, in-batch softmax, pre-built batches)", plain)]]
-    md = ["## Training throughput", "", stamp("python bench/train_throughput.py " + " ".join(sys.argv[1:])), "",
+    publish("train_throughput", "Training throughput", [
           f"World: {a.users:,} users, {n_items:,} items, {n_events:,} events (generated in {t_world:.0f} s, "
           f"loaded and encoded in {t_load:.0f} s). Batch 1024, {a.steps} timed steps after {a.warmup} warm-up, "
           "embedding tables on SparseAdam, dense layers on Adam.", "",
           table(["path", "examples/s", "ratio to plain", "ms per batch"], rows), "",
           f"Building one batch in numpy (history bags, features of 1024 positives and 1024 negatives) takes "
-          f"{build_ms:.0f} ms in one process; the loader worker does it beside the step on the same 2 cores.", ""]
-    print("\n".join(md))
-    write_section("train_throughput", "\n".join(md))
+          f"{build_ms:.0f} ms in one process; the loader worker does it beside the step on the same 2 cores.", ""])
 
 
 if __name__ == "__main__":
