@@ -77,6 +77,11 @@ def fit(root: Path, configs: list[str], data: Path, over: dict[str, str], extra:
     if "users" in over:
         args.append(f"--data.users={over['users']}")
     cli(args)
+    return latest_checkpoints(root)
+
+
+def latest_checkpoints(root: Path) -> Path:
+    """The checkpoint folder of the newest fit under ``root``."""
     return sorted(root.glob("log/version_*/checkpoints"), key=lambda p: p.stat().st_mtime)[-1]
 
 
@@ -89,8 +94,7 @@ def train(name: str, variant: str, ablation: str | None, data: Path, over: dict[
     root = WORK / name / "runs" / variant.replace(" ", "_").replace(",", "")
     done = root / "seconds.txt"
     if reuse and done.exists():
-        chosen = sorted((root / "select").glob("log/version_*/checkpoints"))[-1]
-        final = sorted((root / "refit").glob("log/version_*/checkpoints"))[-1]
+        chosen, final = latest_checkpoints(root / "select"), latest_checkpoints(root / "refit")
         return final / "last.ckpt", val_curve(chosen), float(done.read_text())
     t = time.perf_counter()
     configs = [f"ablations/{ablation}.yaml"] if ablation else []

@@ -121,8 +121,8 @@ class Corpus:
         # History bags gather catalogue rows (+1; 0 = padding) and read ids and features through these lookups.
         self.history_features = [e["name"] for e in self.item_vocab.encoders
                                  if history.item_features and e["kind"] in ("categorical", "hashed")]
-        self._hist_lookup = {f"hist_{k}": np.concatenate([[0], self.item_inputs[k]])
-                             for k in ("id", *self.history_features)}  # "hist_id" becomes "hist_items"
+        self._hist_lookup = {"hist_items": np.concatenate([[0], self.item_inputs["id"]]),
+                             **{f"hist_{k}": np.concatenate([[0], self.item_inputs[k]]) for k in self.history_features}}
         self.weight = event_weights(ev, dwell_weighting.kind, dwell_weighting.t_max, dwell_weighting.threshold)
         self.user_start, self.user_end = user_bounds(ev.user, len(ev.user_vocab))
         self.session_first = np.searchsorted(ev.session, ev.session, side="left")
@@ -151,7 +151,7 @@ class Corpus:
                                        now, self.history.length, self.history.half_life_days * DAY)  # [B, L]
         out = {k: v[users] for k, v in self.user_inputs.items()}
         for k, lookup in self._hist_lookup.items():
-            out["hist_items" if k == "hist_id" else k] = lookup[rows]  # [B, L], 0 = padding or missing
+            out[k] = lookup[rows]  # [B, L], 0 = padding or missing
         out["hist_weights"] = weights
         return out
 
