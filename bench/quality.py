@@ -156,7 +156,7 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
 
     def score(method: str, scorer: E.Scorer) -> None:
         pu = E.rank_targets(scorer, es, corpus.n_items)
-        results[method] = E.summarize(pu, corpus, es)
+        results[method] = E.summarize(pu, corpus, es, slices=slices)
         per_user[method] = E.recall(pu.conv_ranks, 100)
 
     test_start = test_start_of(data, over)
@@ -170,6 +170,7 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
             es = corpus.eval_set(2, None)
             if es.now != test_start:
                 raise RuntimeError(f"{name}: the refit's test window starts at {es.now}, not {test_start}")
+            slices = E.conversion_slices(corpus, es)
         score(variant, E.two_tower_scorer(trained.model, corpus))
         if ablation is None:
             score("two-tower full, HNSW32 index", ann_scorer(trained.model, corpus))
@@ -182,9 +183,13 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
     for m, r in results.items():  # paired: full model minus this method, per user, resampled together
         r["full_minus_this@100"] = E.paired_difference(full, per_user[m]) if full is not None else (np.nan,) * 3 + (0,)
     n_conv = sum(len(t) for t in es.conversions)
+    n_in = {k: int(sum(m.sum() for m in v)) for k, v in slices.items()}
+    no_history = float(np.mean(es.end == corpus.user_start[es.users]))
     plots = plot(name, results, curves)
     md = [f"Test window: {len(es.users)} users with {n_conv} distinct (user, item) conversions; catalogue "
-          f"{corpus.n_items} items. Mean over users with a 95% bootstrap interval (1000 resamples of users); "
+          f"{corpus.n_items} items. Of the conversions, {n_in['cold_item']} are of items with no event before the window "
+          f"(cold) and {n_in['engaged_before']} ({n_in['engaged_before'] / n_conv:.0%}) of items the user engaged with "
+          f"before; {no_history:.0%} of the users have no earlier event. Mean over users with a 95% bootstrap interval (1000 resamples of users); "
           f"full_minus_this@100 is the full model's conversion recall@100 minus the method's, per user, with a paired "
           f"interval (the full model wins beyond noise where it excludes 0). Two-tower "
           f"variants: epochs chosen on the validation window (training curves below), then refit on everything before "

@@ -83,7 +83,6 @@ class PerUser:
     """Per evaluation user: each target's rank in the top K_max (K_max = not found), and the top 100."""
 
     conv_ranks: list[np.ndarray]
-    conv_rows: list[np.ndarray]
     eng_ranks: list[np.ndarray]
     top100: np.ndarray  # [U, 100] retrieved catalogue rows
 
@@ -107,7 +106,7 @@ def rank_targets(scorer: Scorer, es: EvalSet, n_items: int, batch: int = 512, km
         for b, j in enumerate(i):
             conv_ranks.append(_ranks(top[b], es.conversions[j]))
             eng_ranks.append(_ranks(top[b], es.engagement[j]))
-    return PerUser(conv_ranks=conv_ranks, conv_rows=list(es.conversions), eng_ranks=eng_ranks,
+    return PerUser(conv_ranks=conv_ranks, eng_ranks=eng_ranks,
                    top100=np.concatenate(tops) if tops else np.zeros((0, 100), np.int64))
 
 
@@ -153,15 +152,30 @@ def paired_difference(a: np.ndarray, b: np.ndarray, n: int = 1000, seed: int = 0
     return bootstrap((a - b)[both], n, seed)
 
 
-def summarize(pu: PerUser, corpus: Corpus, es: EvalSet, ks: tuple[int, ...] = KS,
-              short_history: int = 5) -> dict[str, tuple[float, float, float, int]]:
-    """The report's metrics from ranked targets (see :func:`evaluate`)."""
+def conversion_slices(corpus: Corpus, es: EvalSet) -> dict[str, list[np.ndarray]]:
+    """Per slice, per evaluation user: which of their target conversions fall in it (masks over es.conversions).
+
+    cold_item: no event before the window; head / torso / tail: the items behind the top 50 %, next 30 % and
+    last 20 % of interactions before it; engaged_before / new_to_user: the user engaged with (or bought) the
+    item before the window, or not. Depends only on the data, so one call serves every method."""
     train_pop = corpus.item_counts(CONVERSION, es.now) + corpus.item_counts(ENGAGEMENT, es.now)
     order = np.argsort(-train_pop, kind="stable")
     share = np.cumsum(train_pop[order]) / max(train_pop.sum(), 1)
-    band = np.empty(corpus.n_items, np.int8)  # 0 head (top 50% of interactions), 1 torso (next 30%), 2 tail
+    band = np.empty(corpus.n_items, np.int8)  # 0 head, 1 torso, 2 tail
     band[order] = np.where(share <= 0.5, 0, np.where(share <= 0.8, 1, 2))
-    cold = train_pop == 0
+    before = [np.isin(rows, corpus.event_row[corpus.user_start[u]:e])
+              for rows, u, e in zip(es.conversions, es.users, es.end, strict=True)]
+    out = {"cold_item": [train_pop[r] == 0 for r in es.conversions]}
+    for b, name in enumerate(("head", "torso", "tail")):
+        out[name] = [band[r] == b for r in es.conversions]
+    out["engaged_before"], out["new_to_user"] = before, [~b for b in before]
+    return out
+
+
+def summarize(pu: PerUser, corpus: Corpus, es: EvalSet, ks: tuple[int, ...] = KS, short_history: int = 5,
+              slices: dict[str, list[np.ndarray]] | None = None) -> dict[str, tuple[float, float, float, int]]:
+    """The report's metrics from ranked targets (see :func:`evaluate`); slices: conversion_slices(corpus, es)."""
+    slices = slices if slices is not None else conversion_slices(corpus, es)
     n_hist = es.end - corpus.user_start[es.users]
     out = {}
     for k in ks:
@@ -169,14 +183,8 @@ def summarize(pu: PerUser, corpus: Corpus, es: EvalSet, ks: tuple[int, ...] = KS
         out[f"conv_ndcg@{k}"] = bootstrap(ndcg(pu.conv_ranks, k))
         out[f"eng_recall@{k}"] = bootstrap(recall(pu.eng_ranks, k))
     k = 100
-    out["cold_item_conv_recall@100"] = bootstrap(recall(pu.conv_ranks, k, [cold[r] for r in pu.conv_rows]))
-    for b, name in enumerate(("head", "torso", "tail")):
-        out[f"{name}_conv_recall@100"] = bootstrap(recall(pu.conv_ranks, k, [band[r] == b for r in pu.conv_rows]))
-    # Conversions of items the user engaged with (or bought) before the window, and of items new to them.
-    before = [np.isin(rows, corpus.event_row[corpus.user_start[u]:e])
-              for rows, u, e in zip(pu.conv_rows, es.users, es.end, strict=True)]
-    out["engaged_before_conv_recall@100"] = bootstrap(recall(pu.conv_ranks, k, before))
-    out["new_to_user_conv_recall@100"] = bootstrap(recall(pu.conv_ranks, k, [~b for b in before]))
+    for name, masks in slices.items():
+        out[f"{name}_conv_recall@100"] = bootstrap(recall(pu.conv_ranks, k, masks))
     short = recall(pu.conv_ranks, k)
     short[n_hist >= short_history] = np.nan
     out[f"short_history(<{short_history})_conv_recall@100"] = bootstrap(short)
