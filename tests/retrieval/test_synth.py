@@ -54,3 +54,20 @@ def test_deterministic_for_a_seed(tmp_path):
     generate(tmp_path / "c", WorldConfig(users=50, items=40, seed=4))
     assert not pq.read_table(tmp_path / "a" / "events.parquet").equals(pq.read_table(tmp_path / "c" / "events.parquet"))
 
+
+
+def test_interest_drift_moves_late_sessions_to_other_categories(tmp_path):
+    """With drift, a user's sessions late in the log leave the categories of their early ones more often."""
+    def late_share_outside_early_categories(drift: float) -> float:
+        generate(tmp_path / str(drift), WorldConfig(users=300, items=400, categories=20, interest_drift=drift, seed=5))
+        ev = pq.read_table(tmp_path / str(drift) / "events.parquet").to_pydict()
+        items = pq.read_table(tmp_path / str(drift) / "items.parquet").to_pydict()
+        cat = dict(zip(items["item_id"], items["category"], strict=True))
+        mid = (min(ev["ts"]) + max(ev["ts"])) / 2
+        early, late = {}, {}
+        for u, i, t in zip(ev["user_id"], ev["item_id"], ev["ts"], strict=True):
+            (early if t < mid else late).setdefault(u, []).append(cat[i])
+        outside = [c not in set(early[u]) for u in late if u in early for c in late[u]]
+        return float(np.mean(outside))
+
+    assert late_share_outside_early_categories(1.0) > late_share_outside_early_categories(0.0) + 0.1
