@@ -71,7 +71,7 @@ def main() -> None:
     items = embed_items(model, dm.corpus, progress=False)
     t_embed = time.perf_counter() - t
     rng = np.random.default_rng(0)
-    users = embed_users(model, dm.corpus, progress=False)[rng.choice(len(dm.corpus.events.user_vocab), 1000, replace=False)]
+    users = embed_users(model, dm.corpus, items, progress=False)[0][rng.choice(len(dm.corpus.events.user_vocab), 1000, replace=False)]
     rows = []
     for factory in FACTORIES:
         t = time.perf_counter()

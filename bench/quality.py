@@ -40,6 +40,7 @@ VARIANTS = {  # name -> ablation config (None = the dataset's config as is: the 
     "conversion-only": "conversion_only",
     "engagement-only": "engagement_only",
     "dual, no aux head": "dual_no_head",
+    "full, no repeat term": "no_repeat",
     "full, no logQ": "no_logq",
     "full, in-batch negatives only": "in_batch_only",
 }
@@ -124,18 +125,23 @@ def test_start_of(data: Path, over: dict[str, str]) -> int:
 
 
 def ann_scorer(model, corpus, factory: str = "HNSW32") -> E.Scorer:
-    """Scores that keep only what an ANN index over the item vectors returns (the loss an index adds)."""
-    from index.faiss_index import apply_search_params, build_index, default_search_params
+    """Scores that keep only what the service answers from an ANN index over the item vectors (the index's
+    results merged with the user's history items, as serve/store.py does): the loss an index adds."""
+    from index.faiss_index import apply_search_params, build_index, default_search_params, merge_history
     from retrieval.embed import embed_items
 
     vecs = embed_items(model, corpus, progress=False)
     index = build_index(vecs, factory)
     apply_search_params(index, default_search_params(factory))
+    k = min(500, corpus.n_items)
 
     def score(i, es):
-        s, rows = index.search(E.eval_user_vectors(model, corpus, i, es), min(500, corpus.n_items))
+        users, hist = E.eval_user_states(model, corpus, i, es, vecs)
+        s, rows = index.search(users, min(k + int(np.diff(hist.offsets).max(initial=0)), corpus.n_items))
         out = np.full((len(i), corpus.n_items), -np.inf, np.float32)
-        np.put_along_axis(out, np.where(rows >= 0, rows, 0), np.where(rows >= 0, s, -np.inf), 1)
+        for b in range(len(i)):
+            r, v = merge_history(rows[b], s[b], *hist.of(b), k)
+            out[b, r] = v
         return out
 
     return score

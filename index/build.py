@@ -37,13 +37,17 @@ def popularity(corpus: Corpus, top: int = 1000) -> tuple[np.ndarray, np.ndarray]
     return rows, (counts[rows] / max(counts.sum(), 1)).astype(np.float32)
 
 
+def list_column(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
+    """A list column from CSR offsets [U + 1] and values."""
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
+
+
 def purchased_rows(corpus: Corpus) -> pa.Array:
     """Per user code, the distinct catalogue rows they converted on (a list column)."""
     ev = corpus.events
     conv = np.flatnonzero(ev.kind == CONVERSION)
     pairs = np.unique(np.stack([ev.user[conv].astype(np.int64), corpus.event_row[conv]]), axis=1)
-    offsets = np.searchsorted(pairs[0], np.arange(len(ev.user_vocab) + 1)).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(pairs[1].astype(np.int32)))
+    return list_column(np.searchsorted(pairs[0], np.arange(len(ev.user_vocab) + 1)), pairs[1].astype(np.int32))
 
 
 def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events: str | None = None,
@@ -54,7 +58,7 @@ def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events
     trained = load_trained(checkpoint)
     corpus = trained.corpus(events, items, users)
     item_vecs = embed_items(trained.model, corpus, batch_size, progress)
-    user_vecs = embed_users(trained.model, corpus, batch_size, progress)
+    user_vecs, history = embed_users(trained.model, corpus, item_vecs, batch_size, progress)
     t_embed = time.perf_counter() - t0
     index = build_index(item_vecs, factory, use_gpu=use_gpu, seed=seed)
     params = default_search_params(factory)
@@ -70,7 +74,10 @@ def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events
     with StagingFolder(out) as tmp:
         faiss.write_index(index, str(tmp / "index.faiss"))
         pq.write_table(vectors_table(corpus.catalogue, item_vecs, "item_id"), tmp / "items.parquet")
-        users_t = vectors_table(ev.user_vocab, user_vecs, "user_id").append_column("purchased", purchased_rows(corpus))
+        users_t = (vectors_table(ev.user_vocab, user_vecs, "user_id")
+                   .append_column("purchased", purchased_rows(corpus))
+                   .append_column("history", list_column(history.offsets, history.rows))
+                   .append_column("history_score", list_column(history.offsets, history.scores)))
         pq.write_table(users_t, tmp / "users.parquet")
         pq.write_table(pa.table({"item_id": corpus.catalogue.take(pa.array(pop_rows)), "score": pop_scores}),
                        tmp / "popular.parquet")
@@ -82,6 +89,7 @@ def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events
             n_items=len(item_vecs), n_users=len(user_vecs), item_id_type=ev.item_id_type,
             user_id_type=ev.user_id_type,
             recall_check={"k": recall_k, "users": int(len(sample)), "recall": round(recall, 5)},
+            repeat_scale=round(trained.model.repeat_scale().item(), 6),
         )
         write_manifest(tmp, manifest)
     log.info("index: wrote %s in %.1f s (embedding %.1f s)", out, time.perf_counter() - t0, t_embed)

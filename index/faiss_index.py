@@ -96,3 +96,18 @@ def measure_recall(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray,
     tol = 1e-5 * np.maximum(1.0, np.abs(exact_scores[:, -1:]))
     hits = (valid & (true >= exact_scores[:, -1:] - tol)).sum(1)
     return float(np.mean(hits) / k)
+
+
+def merge_history(rows: np.ndarray, scores: np.ndarray, hist_rows: np.ndarray, hist_scores: np.ndarray,
+                  k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` of an inner-product search merged with the user's history items and their full scores.
+
+    rows, scores: [M] search results, best first (-1 = none), M >= k + len(hist_rows) for an exact answer: the
+    search scores of history items lack their repeat term, so they are dropped and the history's own scores
+    (inner product + term) are taken instead. Returns (rows, scores), best first.
+    """
+    keep = (rows >= 0) & ~np.isin(rows, hist_rows)
+    rows = np.concatenate([rows[keep], hist_rows])
+    scores = np.concatenate([scores[keep], hist_scores])
+    order = np.argsort(-scores, kind="stable")[:k]
+    return rows[order], scores[order]

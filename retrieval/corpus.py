@@ -153,6 +153,7 @@ class Corpus:
         for k, lookup in self._hist_lookup.items():
             out[k] = lookup[rows]  # [B, L], 0 = padding or missing
         out["hist_weights"] = weights
+        out["hist_rows"] = rows  # [B, L] catalogue row + 1, 0 = padding: the repeat term's keys
         return out
 
     def examples(self, window: int = 0) -> np.ndarray:

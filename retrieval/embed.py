@@ -6,6 +6,8 @@ from the same history bag and an item from the same features.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -13,6 +15,7 @@ from tqdm import tqdm
 from retrieval.corpus import Corpus
 from retrieval.data import to_torch
 from retrieval.model import TwoTowerModel
+from retrieval.repeat import history_items
 
 
 @torch.inference_mode()
@@ -33,13 +36,61 @@ def embed_user_states(model: TwoTowerModel, corpus: Corpus, users: np.ndarray, e
     return model.embed_users(to_torch(corpus.user_batch(users, end, now))).numpy()
 
 
-def embed_users(model: TwoTowerModel, corpus: Corpus, batch_size: int = 8192, progress: bool = True) -> np.ndarray:
-    """[U, D] float32 embeddings of every user in the events, from their history up to the end of the log."""
+@torch.inference_mode()
+def user_state_scores(model: TwoTowerModel, corpus: Corpus, users: np.ndarray, end: np.ndarray, now: np.ndarray,
+                      items: np.ndarray) -> np.ndarray:
+    """[B, N] full served scores (inner product + repeat term) of user states against item vectors [N, D]."""
+    x = to_torch(corpus.user_batch(users, end, now))
+    return model.served_scores(model.embed_users(x), torch.from_numpy(items), x).numpy()
+
+
+@dataclass
+class UserHistory:
+    """Per user, the distinct items of their history bag and their full served scores (CSR)."""
+
+    offsets: np.ndarray  # [U + 1] int64
+    rows: np.ndarray  # [H] int32 catalogue rows
+    scores: np.ndarray  # [H] float32: inner product + repeat term
+
+    def of(self, u: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.offsets[u], self.offsets[u + 1]
+        return self.rows[lo:hi], self.scores[lo:hi]
+
+
+@torch.inference_mode()
+def user_history(model: TwoTowerModel, corpus: Corpus, users: np.ndarray, end: np.ndarray, now: np.ndarray,
+                 user_vecs: np.ndarray, item_vecs: np.ndarray) -> UserHistory:
+    """The history items of user states [B] with their full scores; none when the model has no repeat term
+    (the index alone is then exact)."""
+    scale = float(model.repeat_scale())
+    rows, scores = [], []
+    if model.repeat_raw is not None:
+        x = corpus.user_batch(users, end, now)
+        for b, (r, w) in enumerate(history_items(x["hist_rows"], x["hist_weights"])):
+            rows.append(r.astype(np.int32))
+            scores.append((item_vecs[r] @ user_vecs[b] + scale * np.log1p(w)).astype(np.float32))
+    else:
+        rows = scores = [np.zeros(0, np.int32)] * len(users)
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    return UserHistory(offsets, np.concatenate(rows).astype(np.int32) if rows else np.zeros(0, np.int32),
+                       np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32))
+
+
+def embed_users(model: TwoTowerModel, corpus: Corpus, item_vecs: np.ndarray, batch_size: int = 8192,
+                progress: bool = True) -> tuple[np.ndarray, UserHistory]:
+    """[U, D] float32 embeddings of every user in the events, from their history up to the end of the log, and
+    their history items with full scores against ``item_vecs`` (what the service merges into the index's answer)."""
     n = len(corpus.events.user_vocab)
     now = int(corpus.events.ts.max()) + 1
     out = np.empty((n, model.embedding_dim), np.float32)
+    parts = []
     for lo in tqdm(range(0, n, batch_size), desc="embed users", unit="batch", disable=not progress):
         users = np.arange(lo, min(n, lo + batch_size))
-        out[lo: lo + len(users)] = embed_user_states(model, corpus, users, corpus.user_end[users],
-                                                     np.full(len(users), now, np.int64))
-    return out
+        end, t = corpus.user_end[users], np.full(len(users), now, np.int64)
+        out[lo: lo + len(users)] = vecs = embed_user_states(model, corpus, users, end, t)
+        parts.append(user_history(model, corpus, users, end, t, vecs, item_vecs))
+    sizes = np.concatenate([np.diff(p.offsets) for p in parts]) if parts else np.zeros(0, np.int64)
+    hist = UserHistory(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+                       np.concatenate([p.rows for p in parts]) if parts else np.zeros(0, np.int32),
+                       np.concatenate([p.scores for p in parts]) if parts else np.zeros(0, np.float32))
+    return out, hist

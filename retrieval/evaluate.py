@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from retrieval.corpus import Corpus, EvalSet
-from retrieval.embed import embed_items, embed_user_states
+from retrieval.embed import UserHistory, embed_items, embed_user_states, user_history, user_state_scores
 from retrieval.events import CONVERSION, ENGAGEMENT
 from retrieval.model import TwoTowerModel
 
@@ -24,19 +24,23 @@ Scorer = Callable[[np.ndarray, EvalSet], np.ndarray]  # (positions into the eval
 
 
 def two_tower_scorer(model: TwoTowerModel, corpus: Corpus) -> Scorer:
-    """Exact inner-product scores of the served embeddings."""
+    """Exact served scores: inner product of the embeddings plus the repeat term."""
     model.eval()
     items = embed_items(model, corpus, progress=False)
 
     def score(i: np.ndarray, es: EvalSet) -> np.ndarray:
-        return eval_user_vectors(model, corpus, i, es) @ items.T
+        return user_state_scores(model, corpus, es.users[i], es.end[i], np.full(len(i), es.now, np.int64), items)
 
     return score
 
 
-def eval_user_vectors(model: TwoTowerModel, corpus: Corpus, i: np.ndarray, es: EvalSet) -> np.ndarray:
-    """[B, D] served vectors of evaluation users (positions ``i`` of the eval set) at the window's start."""
-    return embed_user_states(model, corpus, es.users[i], es.end[i], np.full(len(i), es.now, np.int64))
+def eval_user_states(model: TwoTowerModel, corpus: Corpus, i: np.ndarray, es: EvalSet,
+                     items: np.ndarray) -> tuple[np.ndarray, UserHistory]:
+    """Served vectors [B, D] of evaluation users (positions ``i`` of the eval set) at the window's start, and
+    their history items with full scores (what the service merges into an index's answer)."""
+    users, end, now = es.users[i], es.end[i], np.full(len(i), es.now, np.int64)
+    vecs = embed_user_states(model, corpus, users, end, now)
+    return vecs, user_history(model, corpus, users, end, now, vecs, items)
 
 
 def popularity_scorer(corpus: Corpus, now: int, kind: int = CONVERSION) -> Scorer:

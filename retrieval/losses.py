@@ -18,6 +18,8 @@ def sampled_softmax_loss(
     neg: Tensor | None = None,
     neg_item: Tensor | None = None,
     neg_log_q: Tensor | None = None,
+    cand_bonus: Tensor | None = None,
+    neg_bonus: Tensor | None = None,
 ) -> Tensor:
     """Weighted mean over query rows of -log softmax(target) over in-batch candidates and sampled negatives.
 
@@ -26,6 +28,7 @@ def sampled_softmax_loss(
     cand: [B, D] in-batch candidate item embeddings (the batch's positives); cand_item / cand_user: [B]
     item and user key of each; cand_log_q: [B] log expected count of each candidate in a batch.
     neg: [N, D] sampled negatives; neg_item: [N]; neg_log_q: [N] log expected count under their sampler.
+    cand_bonus / neg_bonus: [R, B] / [R, N] logits added to the inner products (the repeat term).
 
     logQ: every column's logit is lowered by its log expected count, the positive's too (Yi et al., 2019).
     Masking: a column is dropped for a row when it is the same item as the row's positive (accidental
@@ -36,6 +39,8 @@ def sampled_softmax_loss(
     """
     R, B = query.shape[0], cand.shape[0]
     logits = query @ cand.T  # [R, B]
+    if cand_bonus is not None:
+        logits = logits + cand_bonus
     if cand_log_q is not None:
         logits = logits - cand_log_q[None, :]
     pos_item = cand_item[target]  # [R]
@@ -48,6 +53,8 @@ def sampled_softmax_loss(
     logits = logits.masked_fill(drop, float("-inf"))
     if neg is not None and neg.shape[0] > 0:
         nl = query @ neg.T  # [R, N]
+        if neg_bonus is not None:
+            nl = nl + neg_bonus
         if neg_log_q is not None:
             nl = nl - neg_log_q[None, :]
         user_pos = _negatives_of_users_positives(query_user, cand_item, cand_user, neg_item)  # [R, N]

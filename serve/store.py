@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from index.artifact import ArtifactError, Manifest, read_manifest
 from index.faiss_index import apply_search_params
 from retrieval.contract import DataError
+from index.faiss_index import merge_history
 
 # torch, Lightning and the model are imported only when new items are embedded (with_items): the answering
 # path needs FAISS and numpy alone, and the service stays some 300 MB lighter without them.
@@ -68,6 +69,9 @@ class Served:
     user_vecs: np.ndarray  # [U, D] float32
     purchased_offsets: np.ndarray  # [U + 1] into purchased_rows
     purchased_rows: np.ndarray  # catalogue rows each user converted on
+    history_offsets: np.ndarray  # [U + 1] into history_rows / history_scores
+    history_rows: np.ndarray  # catalogue rows in each user's history bag
+    history_scores: np.ndarray  # their full scores (inner product + repeat term)
     popular_rows: np.ndarray  # [P] best first
     popular_scores: np.ndarray  # [P]
     added: int = 0  # items added since load (no retraining)
@@ -85,14 +89,17 @@ class Served:
         if row is None:
             return "popular", self.item_id_list(self.popular_rows[:k]), self.popular_scores[:k].tolist()
         bought = self.purchased_rows[self.purchased_offsets[row]: self.purchased_offsets[row + 1]]
-        want = min(k + (len(bought) if exclude_purchased else 0), self.index.ntotal)
+        lo, hi = self.history_offsets[row], self.history_offsets[row + 1]
+        hist_rows, hist_scores = self.history_rows[lo:hi], self.history_scores[lo:hi]
+        # Enough results that, after dropping history items (scored apart) and purchases, k remain.
+        want = min(k + (len(bought) if exclude_purchased else 0) + len(hist_rows), self.index.ntotal)
         faiss.omp_set_num_threads(1)  # per request thread: one query gains nothing from OpenMP, and loses
         scores, rows = self.index.search(self.user_vecs[row: row + 1], want)
-        scores, rows = scores[0], rows[0]
-        keep = rows >= 0
+        rows, scores = merge_history(rows[0], scores[0], hist_rows, hist_scores, want)
         if exclude_purchased and len(bought):
-            keep &= ~np.isin(rows, bought)
-        rows, scores = rows[keep][:k], scores[keep][:k]
+            keep = ~np.isin(rows, bought)
+            rows, scores = rows[keep], scores[keep]
+        rows, scores = rows[:k], scores[:k]
         return None, self.item_id_list(rows), scores.tolist()
 
     @cached_property
@@ -173,12 +180,17 @@ def load_served(folder: str | Path) -> Served:
     if len(items) != m.n_items:
         raise ArtifactError(f"artifact {folder}: items.parquet has {len(items)} rows, the manifest says {m.n_items}")
     purchased = users_t.column("purchased").combine_chunks()
+    history, history_score = users_t.column("history").combine_chunks(), users_t.column("history_score").combine_chunks()
+    if not np.array_equal(history.offsets.to_numpy(), history_score.offsets.to_numpy()):
+        raise ArtifactError(f"artifact {folder}: users.parquet history and history_score do not line up")
     item_ids = items.to_numpy(zero_copy_only=False)
     pop_rows = pc.index_in(pop.column("item_id"), value_set=items).to_numpy(zero_copy_only=False)
     served = Served(
         path=folder, manifest=m, index=index, item_ids=item_ids,
         users=IdLookup(users_t.column("user_id").combine_chunks(), m.user_id_type), user_vecs=user_vecs,
         purchased_offsets=purchased.offsets.to_numpy(), purchased_rows=purchased.values.to_numpy(),
+        history_offsets=history.offsets.to_numpy(), history_rows=history.values.to_numpy(),
+        history_scores=history_score.values.to_numpy(),
         popular_rows=pop_rows.astype(np.int64), popular_scores=pop.column("score").to_numpy().astype(np.float32),
     )
     # Parquet decoding leaves freed buffers in pyarrow's allocator: on 1M items and users that is ~700 MB of

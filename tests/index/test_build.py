@@ -89,6 +89,30 @@ def test_bad_checkpoints(tmp_path):
         load_trained(tmp_path / "partial.ckpt")
 
 
+def test_history_scores_are_the_models_full_scores(artifact, trained):
+    """users.parquet's history items are each user's distinct bag items, scored as offline evaluation scores them."""
+    from retrieval.embed import user_state_scores
+
+    m, t = read_manifest(artifact), load_trained(trained)
+    assert m.repeat_scale == pytest.approx(t.model.repeat_scale().item(), abs=1e-6) and m.repeat_scale > 0
+    corpus = t.corpus()
+    users = pq.read_table(artifact / "users.parquet")
+    items = np.stack(pq.read_table(artifact / "items.parquet").column("vector").to_numpy(zero_copy_only=False))
+    codes = np.arange(20)
+    now = np.full(20, corpus.events.ts.max() + 1)
+    full = user_state_scores(t.model, corpus, codes, corpus.user_end[codes], now, items.astype(np.float32))  # [20, N]
+    bag = corpus.user_batch(codes, corpus.user_end[codes], now)["hist_rows"]
+    n_hist = 0
+    for u in codes:
+        rows = np.asarray(users.column("history")[int(u)].as_py(), np.int64)
+        assert rows.tolist() == sorted(set(bag[u][bag[u] > 0] - 1))
+        assert np.allclose(users.column("history_score")[int(u)].as_py(), full[u, rows], atol=1e-5)
+        others = np.setdiff1d(np.arange(len(items)), rows)
+        assert np.allclose(full[u, others], items[others] @ np.asarray(users.column("vector")[int(u)].as_py()), atol=1e-5)
+        n_hist += len(rows)
+    assert n_hist > 0
+
+
 def test_exact_user_topk_is_what_flat_serves(artifact):
     import faiss
     index = faiss.read_index(str(artifact / "index.faiss"))

@@ -12,6 +12,7 @@ from index.faiss_index import (
     exact_topk,
     gpu_count,
     measure_recall,
+    merge_history,
 )
 
 
@@ -73,3 +74,20 @@ def test_gpu_build_equals_cpu_build():
     ivf = build_index(x, "IVF64,Flat", use_gpu=True)
     apply_search_params(ivf, {"nprobe": 16})
     assert measure_recall(ivf, x, q, 10) > 0.9
+
+
+def test_merge_history_is_the_exact_top_k_of_the_full_scores():
+    """Search results with history items re-scored = the brute-force top k of inner product + repeat term."""
+    rng = np.random.default_rng(3)
+    items = rng.normal(size=(300, 8)).astype(np.float32)
+    index = build_index(items, "Flat")
+    for _ in range(20):
+        u = rng.normal(size=(1, 8)).astype(np.float32)
+        hist = rng.choice(300, rng.integers(0, 15), replace=False)
+        full = items @ u[0]
+        full[hist] += rng.uniform(0, 3, len(hist)).astype(np.float32)  # the repeat term
+        k = 10
+        s, r = index.search(u, k + len(hist))
+        rows, scores = merge_history(r[0], s[0], hist, full[hist], k)
+        want = np.argsort(-full, kind="stable")[:k]
+        assert np.allclose(scores, full[want], atol=1e-5) and set(rows) == set(want)

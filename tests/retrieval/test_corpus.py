@@ -27,4 +27,4 @@ def test_history_features_can_be_switched_off(tiny_world):
     c = corpus(tiny_world, item_features=False)
     assert c.history_features == []
     b = c.user_batch(np.array([0]), c.user_end[:1], np.array([c.events.ts.max() + 1]))
-    assert not any(k.startswith("hist_") and k not in ("hist_items", "hist_weights") for k in b)
+    assert not any(k.startswith("hist_") and k not in ("hist_items", "hist_weights", "hist_rows") for k in b)

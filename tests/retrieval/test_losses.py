@@ -9,7 +9,8 @@ import torch
 from retrieval.losses import sampled_softmax_loss
 
 
-def reference(query, target, weight, query_user, cand, cand_item, cand_user, cand_log_q, neg, neg_item, neg_log_q):
+def reference(query, target, weight, query_user, cand, cand_item, cand_user, cand_log_q, neg, neg_item, neg_log_q,
+              cand_bonus=None, neg_bonus=None):
     """One example at a time: list the allowed candidates, compute -log softmax of the positive."""
     total, wsum = 0.0, 0.0
     for r in range(len(query)):
@@ -19,6 +20,7 @@ def reference(query, target, weight, query_user, cand, cand_item, cand_user, can
         logits, pos_logit = [], None
         for j in range(len(cand)):
             s = float(query[r] @ cand[j]) - (float(cand_log_q[j]) if cand_log_q is not None else 0.0)
+            s += float(cand_bonus[r, j]) if cand_bonus is not None else 0.0
             if j == t:
                 pos_logit = s
                 continue
@@ -31,7 +33,8 @@ def reference(query, target, weight, query_user, cand, cand_item, cand_user, can
         for n in range(0 if neg is None else len(neg)):
             if int(neg_item[n]) == pos_item or int(neg_item[n]) in user_items:
                 continue
-            logits.append(float(query[r] @ neg[n]) - (float(neg_log_q[n]) if neg_log_q is not None else 0.0))
+            logits.append(float(query[r] @ neg[n]) - (float(neg_log_q[n]) if neg_log_q is not None else 0.0)
+                          + (float(neg_bonus[r, n]) if neg_bonus is not None else 0.0))
         lse = max(logits) + math.log(sum(math.exp(x - max(logits)) for x in logits))
         total += float(weight[r]) * (lse - pos_logit)
         wsum += float(weight[r])
@@ -62,6 +65,16 @@ def test_matches_reference_with_logq_and_masking():
 def test_matches_reference_on_a_subset_of_rows():
     a = make(3, R=5)
     assert torch.allclose(sampled_softmax_loss(**a), torch.tensor(reference(**a), dtype=torch.float64))
+
+
+def test_matches_reference_with_a_repeat_bonus():
+    a = make(2, R=6)
+    g = torch.Generator().manual_seed(7)
+    a.update(cand_bonus=torch.rand(6, 8, generator=g, dtype=torch.float64) * 3,
+             neg_bonus=torch.rand(6, 6, generator=g, dtype=torch.float64) * 3)
+    with_bonus = sampled_softmax_loss(**a)
+    assert torch.allclose(with_bonus, torch.tensor(reference(**a), dtype=torch.float64))
+    assert not torch.allclose(with_bonus, sampled_softmax_loss(**dict(a, cand_bonus=None, neg_bonus=None)))
 
 
 def test_matches_reference_without_logq_or_negatives():

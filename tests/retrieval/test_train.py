@@ -62,12 +62,14 @@ def test_planted_structure_is_retrieved(tmp_path):
     assert m["test/conv_recall@10"] > 3.5 * chance, m  # the own cluster holds 20 items: a perfect model gets ~0.5
 
 
-@pytest.mark.parametrize("ablation", ["conversion_only", "engagement_only", "dual_no_head", "no_logq", "in_batch_only"])
+@pytest.mark.parametrize("ablation", ["conversion_only", "engagement_only", "dual_no_head", "no_logq", "in_batch_only",
+                                      "no_repeat"])
 def test_each_ablation_trains_from_config_alone(ablation, tiny_world, tmp_path):
     cli = main(["fit", *fit_args(tiny_world, tmp_path, "--config", str(ROOT / "configs" / "ablations" / f"{ablation}.yaml"),
                                  "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=0")])
     heads = set(cli.model.user_tower.heads)
-    assert heads == ({"conversion"} if ablation != "no_logq" and ablation != "in_batch_only" else {"conversion", "engagement"})
+    assert heads == ({"conversion"} if ablation not in ("no_logq", "in_batch_only", "no_repeat") else {"conversion", "engagement"})
+    assert (cli.model.repeat_raw is None) == (ablation == "no_repeat")
     assert np.isfinite(metrics(cli)["train/loss"])
 
 

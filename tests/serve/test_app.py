@@ -33,13 +33,17 @@ def test_response_shape_and_exact_answer(client, root):
     assert len(cands) == 7 and all(isinstance(c["item_id"], int) for c in cands)  # ids typed as in the data
     scores = [c["score"] for c in cands]
     assert scores == sorted(scores, reverse=True)
-    # Exactly the brute-force top 7 of the user's vector over the item vectors.
+    # Exactly the brute-force top 7 of the user's full scores: inner product, and history items' own scores.
     users = pq.read_table(root / "v1" / "users.parquet")
     items = pq.read_table(root / "v1" / "items.parquet")
     u = np.asarray(users.column("vector")[0].as_py(), np.float32)
     iv = np.stack(items.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
-    top = np.argsort(-(iv @ u), kind="stable")[:7]
+    full = iv @ u
+    hist = users.column("history")[0].as_py()
+    full[hist] = users.column("history_score")[0].as_py()
+    top = np.argsort(-full, kind="stable")[:7]
     assert [c["item_id"] for c in cands] == items.column("item_id").to_numpy()[top].tolist()
+    assert np.allclose(scores, full[top], atol=1e-5)
 
 
 def test_default_k_and_unknown_user_fallback(client, root):

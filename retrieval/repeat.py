@@ -1,0 +1,59 @@
+"""The repeat term: how much a user has already engaged with an item, added to the two-tower score.
+
+A mean-pooled history bag cannot say "this very item is in the history": its vector is one of 200 averaged
+in. Yet a large share of purchases are of items the user looked at before (38 % of the synthetic world's test
+conversions), and a factor model like ALS, which reconstructs the user's own row, ranks them high. So the
+score of user u and item i is
+
+    u . v_i + scale * log1p(a(u, i)),    a(u, i) = summed (decayed) weight of i's events in u's history bag,
+
+with ``scale >= 0`` learned with the towers. The term is zero for items outside the history, so retrieval stays
+an inner-product search plus an exact merge of the user's few history items (index.faiss_index.merge_history,
+kept there so the service answers with numpy and FAISS alone).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def history_affinity(hist_rows: Tensor, hist_weights: Tensor, cand_rows: Tensor) -> Tensor:
+    """[B, N] summed weight of each candidate in each row's history bag.
+
+    hist_rows: [B, L] catalogue row + 1 of each history event (0 = padding); hist_weights: [B, L];
+    cand_rows: [N] catalogue rows (repeats allowed). A sorted join over the distinct candidates, not a dense
+    [B, L, N] comparison (200 M entries at batch 1024 with 1024 negatives).
+    """
+    uniq, inverse = torch.unique(cand_rows, return_inverse=True)  # [U], [N]
+    item = hist_rows - 1  # [B, L]
+    pos = torch.searchsorted(uniq, item).clamp_max(len(uniq) - 1)
+    hit = (hist_rows > 0) & (uniq[pos] == item)
+    out = torch.zeros(hist_rows.shape[0], len(uniq), dtype=hist_weights.dtype, device=hist_weights.device)
+    out.scatter_add_(1, pos, torch.where(hit, hist_weights, torch.zeros_like(hist_weights)))
+    return out[:, inverse]
+
+
+def history_affinity_dense(hist_rows: Tensor, hist_weights: Tensor, n_items: int) -> Tensor:
+    """[B, n_items] summed weight of catalogue rows 0..n_items-1 in each row's history bag (evaluation; rows past
+    n_items, as in a partial catalogue during Lightning's sanity check, are left out)."""
+    inside = (hist_rows > 0) & (hist_rows <= n_items)
+    out = torch.zeros(hist_rows.shape[0], n_items + 1, dtype=hist_weights.dtype, device=hist_weights.device)
+    out.scatter_add_(1, torch.where(inside, hist_rows, 0), hist_weights * inside)
+    return out[:, 1:]
+
+
+def history_items(hist_rows: np.ndarray, hist_weights: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per row of a history bag ([B, L] as above): its distinct catalogue rows and their summed weight."""
+    out = []
+    for rows, w in zip(hist_rows, hist_weights, strict=True):
+        keep = (rows > 0) & (w > 0)
+        items, inv = np.unique(rows[keep] - 1, return_inverse=True)
+        out.append((items, np.bincount(inv, weights=w[keep], minlength=len(items)).astype(np.float32)))
+    return out
+
+
+def repeat_scale(raw: Tensor) -> Tensor:
+    """The learned scale, kept >= 0 (more engagement never counts against an item)."""
+    return torch.nn.functional.softplus(raw)
