@@ -49,3 +49,36 @@ def test_history_items_are_distinct_rows_with_summed_weights():
         assert (np.diff(items) > 0).all()
         assert set(items.tolist()) == set(np.flatnonzero(dense[b] > 0).tolist())
         assert np.allclose(w, dense[b, items], atol=1e-6)
+
+
+def test_the_term_learns_its_scale_without_steering_the_towers(tiny_world):
+    """The scale gets a gradient; the towers' gradients are the same whatever the scale (it is fitted on their
+    scores held fixed), so the term cannot make the towers push the user's own history away."""
+    from helpers import tiny_corpus
+
+    from retrieval.data import to_torch
+    from retrieval.model import TwoTowerModel
+
+    c = tiny_corpus(tiny_world)
+    torch.manual_seed(0)
+    m = TwoTowerModel(c.item_vocab.spec(), {**c.user_vocab.spec(), "history_features": c.history_features},
+                      embed_dim=8, hidden=[16], out_dim=6).eval()  # eval: no ID dropout, no frequency update
+    pos = c.examples(0)[:128]
+    b = c.example_batch(pos)
+    neg = np.arange(40)
+    b.update(neg=c.item_batch(neg), neg_item=neg, neg_log_q=np.full(40, np.log(40 / c.n_items), np.float32))
+    b = to_torch(b)
+    aff = history_affinity(b["user"]["hist_rows"], b["user"]["hist_weights"], torch.cat([b["pos_item"], b["neg_item"]]))
+    assert (aff > 0).sum() > 10  # history items do appear among the candidates
+    grads = []
+    for raw in (0.0, 3.0):
+        m.zero_grad()
+        with torch.no_grad():
+            m.repeat_raw.fill_(raw)
+        m._step(b)["total"].backward()
+        assert m.repeat_raw.grad.abs().sum() > 0
+        grads.append({n: p.grad.to_dense().clone() for n, p in m.named_parameters()
+                      if p.grad is not None and n != "repeat_raw"})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 4
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
