@@ -265,7 +265,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", default="synth,trivago,diginetica")
     p.add_argument("--epochs", type=int, default=None, help="override every config's max_epochs")
-    p.add_argument("--reuse", action="store_true", help="score the fits of an earlier run instead of training again")
+    p.add_argument("--reuse", action="store_true",
+                   help="score the fits an earlier run left instead of training them again (variants without one train)")
     p.add_argument("--variants", default=";".join(VARIANTS), help="two-tower variants to train (';'-separated)")
     a = p.parse_args()
     variants = a.variants.split(";")
@@ -279,7 +280,7 @@ def main() -> None:
         if variants != list(VARIANTS):
             cmd += f" --variants '{a.variants}'"
         if a.reuse:
-            cmd += " --reuse  # (scored again the fits of the previous run of this command)"
+            cmd += " --reuse  # (fits an earlier run left were scored again, missing ones trained)"
         publish(f"quality-{name}", f"Quality on {name}: retrieving future conversions", md, cmd)
 
 
