@@ -18,9 +18,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from index.artifact import ArtifactError, Manifest, read_manifest
-from index.faiss_index import apply_search_params
+from index.faiss_index import apply_search_params, merge_history
 from retrieval.contract import DataError
-from index.faiss_index import merge_history
 
 # torch, Lightning and the model are imported only when new items are embedded (with_items): the answering
 # path needs FAISS and numpy alone, and the service stays some 300 MB lighter without them.

@@ -20,9 +20,9 @@ def brute(rows, weights, cands):
     out = torch.zeros(rows.shape[0], len(cands))
     for b in range(rows.shape[0]):
         for n, c in enumerate(cands.tolist()):
-            for l in range(rows.shape[1]):
-                if int(rows[b, l]) > 0 and int(rows[b, l]) - 1 == c:
-                    out[b, n] += weights[b, l]
+            for j in range(rows.shape[1]):
+                if int(rows[b, j]) > 0 and int(rows[b, j]) - 1 == c:
+                    out[b, n] += weights[b, j]
     return out
 
 
