@@ -30,13 +30,6 @@ def embed_items(model: TwoTowerModel, corpus: Corpus, batch_size: int = 8192, pr
 
 
 @torch.inference_mode()
-def embed_user_states(model: TwoTowerModel, corpus: Corpus, users: np.ndarray, end: np.ndarray,
-                      now: np.ndarray) -> np.ndarray:
-    """[B, D] float32 embeddings of user codes [B] from their history events [user_start, end) at time ``now``."""
-    return model.embed_users(to_torch(corpus.user_batch(users, end, now))).numpy()
-
-
-@torch.inference_mode()
 def user_state_scores(model: TwoTowerModel, corpus: Corpus, users: np.ndarray, end: np.ndarray, now: np.ndarray,
                       items: np.ndarray) -> np.ndarray:
     """[B, N] full served scores (inner product + repeat term) of user states against item vectors [N, D]."""
@@ -56,24 +49,40 @@ class UserHistory:
         lo, hi = self.offsets[u], self.offsets[u + 1]
         return self.rows[lo:hi], self.scores[lo:hi]
 
+    @staticmethod
+    def concat(parts: list[UserHistory]) -> UserHistory:
+        """The users of ``parts``, in order."""
+        sizes = [np.diff(p.offsets) for p in parts]
+        return UserHistory(np.concatenate([[0], np.cumsum(np.concatenate([[], *sizes]))]).astype(np.int64),
+                           np.concatenate([np.zeros(0, np.int32), *(p.rows for p in parts)]),
+                           np.concatenate([np.zeros(0, np.float32), *(p.scores for p in parts)]))
+
 
 @torch.inference_mode()
-def user_history(model: TwoTowerModel, corpus: Corpus, users: np.ndarray, end: np.ndarray, now: np.ndarray,
-                 user_vecs: np.ndarray, item_vecs: np.ndarray) -> UserHistory:
-    """The history items of user states [B] with their full scores; none when the model has no repeat term
-    (the index alone is then exact)."""
-    scale = float(model.repeat_scale())
-    rows, scores = [], []
-    if model.repeat_raw is not None:
-        x = corpus.user_batch(users, end, now)
-        for b, (r, w) in enumerate(history_items(x["hist_rows"], x["hist_weights"])):
-            rows.append(r.astype(np.int32))
-            scores.append((item_vecs[r] @ user_vecs[b] + scale * np.log1p(w)).astype(np.float32))
-    else:
-        rows = scores = [np.zeros(0, np.int32)] * len(users)
-    offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
-    return UserHistory(offsets, np.concatenate(rows).astype(np.int32) if rows else np.zeros(0, np.int32),
-                       np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32))
+def user_history(model: TwoTowerModel, x: dict[str, np.ndarray], user_vecs: np.ndarray,
+                 item_vecs: np.ndarray) -> UserHistory:
+    """The history items of a user batch ``x`` (corpus.user_batch) with their full scores against ``item_vecs``;
+    none when the model has no repeat term (the index alone is then exact). user_vecs: [B, D] of the same batch."""
+    if model.repeat_raw is None:
+        return UserHistory(np.zeros(len(user_vecs) + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
+    per_user = history_items(x["hist_rows"], x["hist_weights"])
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r, _ in per_user])]).astype(np.int64)
+    rows = np.concatenate([np.zeros(0, np.int64), *(r for r, _ in per_user)])
+    weights = np.concatenate([np.zeros(0, np.float32), *(w for _, w in per_user)])
+    owner = np.repeat(np.arange(len(per_user)), np.diff(offsets))  # [H] the user of each history item
+    inner = np.einsum("hd,hd->h", item_vecs[rows], user_vecs[owner])
+    scores = inner + model.repeat_term(torch.from_numpy(weights)).numpy()
+    return UserHistory(offsets, rows.astype(np.int32), scores.astype(np.float32))
+
+
+def user_states(model: TwoTowerModel, corpus: Corpus, users: np.ndarray, end: np.ndarray, now: np.ndarray,
+                item_vecs: np.ndarray) -> tuple[np.ndarray, UserHistory]:
+    """Served vectors [B, D] of user codes [B] (history [user_start, end) at ``now``) and their history items with
+    full scores (what the service merges into an index's answer), from one history gather."""
+    x = corpus.user_batch(users, end, now)
+    with torch.inference_mode():
+        vecs = model.embed_users(to_torch(x)).numpy()
+    return vecs, user_history(model, x, vecs, item_vecs)
 
 
 def embed_users(model: TwoTowerModel, corpus: Corpus, item_vecs: np.ndarray, batch_size: int = 8192,
@@ -86,11 +95,7 @@ def embed_users(model: TwoTowerModel, corpus: Corpus, item_vecs: np.ndarray, bat
     parts = []
     for lo in tqdm(range(0, n, batch_size), desc="embed users", unit="batch", disable=not progress):
         users = np.arange(lo, min(n, lo + batch_size))
-        end, t = corpus.user_end[users], np.full(len(users), now, np.int64)
-        out[lo: lo + len(users)] = vecs = embed_user_states(model, corpus, users, end, t)
-        parts.append(user_history(model, corpus, users, end, t, vecs, item_vecs))
-    sizes = np.concatenate([np.diff(p.offsets) for p in parts]) if parts else np.zeros(0, np.int64)
-    hist = UserHistory(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-                       np.concatenate([p.rows for p in parts]) if parts else np.zeros(0, np.int32),
-                       np.concatenate([p.scores for p in parts]) if parts else np.zeros(0, np.float32))
-    return out, hist
+        out[lo: lo + len(users)], hist = user_states(model, corpus, users, corpus.user_end[users],
+                                                     np.full(len(users), now, np.int64), item_vecs)
+        parts.append(hist)
+    return out, UserHistory.concat(parts)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from retrieval.corpus import Corpus, EvalSet
-from retrieval.embed import UserHistory, embed_items, embed_user_states, user_history, user_state_scores
+from retrieval.embed import UserHistory, embed_items, user_state_scores, user_states
 from retrieval.events import CONVERSION, ENGAGEMENT
 from retrieval.model import TwoTowerModel
 
@@ -38,9 +38,7 @@ def eval_user_states(model: TwoTowerModel, corpus: Corpus, i: np.ndarray, es: Ev
                      items: np.ndarray) -> tuple[np.ndarray, UserHistory]:
     """Served vectors [B, D] of evaluation users (positions ``i`` of the eval set) at the window's start, and
     their history items with full scores (what the service merges into an index's answer)."""
-    users, end, now = es.users[i], es.end[i], np.full(len(i), es.now, np.int64)
-    vecs = embed_user_states(model, corpus, users, end, now)
-    return vecs, user_history(model, corpus, users, end, now, vecs, items)
+    return user_states(model, corpus, es.users[i], es.end[i], np.full(len(i), es.now, np.int64), items)
 
 
 def popularity_scorer(corpus: Corpus, now: int, kind: int = CONVERSION) -> Scorer:

@@ -108,25 +108,30 @@ class TwoTowerModel(L.LightningModule):
             return torch.zeros((), device=self.device)
         return repeat_scale(self.repeat_raw[0 if head == "conversion" else 1])
 
+    def repeat_term(self, affinity: Tensor, head: str = "conversion") -> Tensor:
+        """The repeat term in served units, scale * log1p(affinity), of items' summed history weight (any shape);
+        the one formula behind training, evaluation and the index job's history scores."""
+        return self.repeat_scale(head) * torch.log1p(affinity)
+
     def served_scores(self, users: Tensor, items: Tensor, user_x: dict[str, Tensor]) -> Tensor:
         """[B, N] full scores of served user vectors [B, D] against every catalogue item [N, D] (rows in order)."""
         scores = users @ items.T
         if self.repeat_raw is not None:
-            aff = history_affinity_dense(user_x["hist_rows"], user_x["hist_weights"], items.shape[0])
-            scores = scores + self.repeat_scale() * torch.log1p(aff)
+            scores = scores + self.repeat_term(history_affinity_dense(user_x["hist_rows"], user_x["hist_weights"],
+                                                                      items.shape[0]))
         return scores
 
     # ---- training ----
     def _head_loss(self, head: str, u: dict[str, Tensor], p: dict[str, Tensor], n: dict[str, Tensor] | None,
-                   weight: Tensor, batch: dict[str, Any], cand_log_q: Tensor | None, repeat: Tensor | None) -> Tensor:
+                   weight: Tensor, batch: dict[str, Any], cand_log_q: Tensor | None, affinity: Tensor | None) -> Tensor:
         rows = torch.nonzero(weight > 0).squeeze(1)
         if rows.numel() == 0:  # keeps every parameter in the graph (DDP) with a zero loss
             zero = (u[head].sum() + p[head].sum()) * 0.0
             return zero if self.repeat_raw is None else zero + self.repeat_raw.sum() * 0.0
         h = self.hparams
         bonus = None
-        if repeat is not None:  # [R, B + N] in logit units (the temperature divides, as for the embeddings)
-            bonus = self.repeat_scale(head) / h.temperature * repeat[rows]
+        if affinity is not None:  # [R, B + N] in logit units (the temperature divides, as for the embeddings)
+            bonus = self.repeat_term(affinity[rows], head) / h.temperature
         query, cand = self._query(u[head][rows]), p[head]
         neg = None if n is None else n[head]
         loss = self._softmax(rows, weight, batch, cand_log_q, query, cand, neg)
@@ -160,14 +165,14 @@ class TwoTowerModel(L.LightningModule):
         cand_log_q = self.freq.log_prob(batch["pos_item"]) if h.logq else None
         w, conv = batch["weight"], batch["is_conv"]
         main_w = w * torch.where(conv, h.conversion_weight, h.engagement_weight)
-        repeat = None
+        affinity = None
         if self.repeat_raw is not None:  # [B, B + N]: each user's history weight of every candidate column
-            repeat = torch.log1p(history_affinity(batch["user"]["hist_rows"], batch["user"]["hist_weights"],
-                                                  torch.cat([batch["pos_item"], batch["neg_item"]])))
-        out = {"conversion": self._head_loss("conversion", u, p, n, main_w, batch, cand_log_q, repeat)}
+            affinity = history_affinity(batch["user"]["hist_rows"], batch["user"]["hist_weights"],
+                                        torch.cat([batch["pos_item"], batch["neg_item"]]))
+        out = {"conversion": self._head_loss("conversion", u, p, n, main_w, batch, cand_log_q, affinity)}
         total = out["conversion"]
         if h.aux_weight > 0:
-            out["engagement"] = self._head_loss("engagement", u, p, n, w * ~conv, batch, cand_log_q, repeat)
+            out["engagement"] = self._head_loss("engagement", u, p, n, w * ~conv, batch, cand_log_q, affinity)
             total = total + h.aux_weight * out["engagement"]
         out["total"] = total
         return out
