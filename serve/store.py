@@ -174,12 +174,12 @@ def load_served(folder: str | Path) -> Served:
         items = pq.read_table(folder / "items.parquet", columns=["item_id"]).column("item_id").combine_chunks()
         users_t, user_vecs = _vectors(folder / "users.parquet", "user_id", m.n_users, m.embedding_dim)
         pop = pq.read_table(folder / "popular.parquet")
+        purchased = users_t.column("purchased").combine_chunks()
+        history, history_score = users_t.column("history").combine_chunks(), users_t.column("history_score").combine_chunks()
     except (pa.ArrowInvalid, OSError, KeyError) as e:
         raise ArtifactError(f"artifact {folder}: a Parquet file cannot be read ({e})") from None
     if len(items) != m.n_items:
         raise ArtifactError(f"artifact {folder}: items.parquet has {len(items)} rows, the manifest says {m.n_items}")
-    purchased = users_t.column("purchased").combine_chunks()
-    history, history_score = users_t.column("history").combine_chunks(), users_t.column("history_score").combine_chunks()
     if not np.array_equal(history.offsets.to_numpy(), history_score.offsets.to_numpy()):
         raise ArtifactError(f"artifact {folder}: users.parquet history and history_score do not line up")
     item_ids = items.to_numpy(zero_copy_only=False)

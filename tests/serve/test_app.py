@@ -141,7 +141,7 @@ def test_hot_swap_under_concurrent_requests(client, root):
     assert errors == [] and len(seen) == 2
 
 
-@pytest.mark.parametrize("damage", ["corrupt_index", "missing_file", "dim_mismatch", "no_manifest"])
+@pytest.mark.parametrize("damage", ["corrupt_index", "missing_file", "dim_mismatch", "no_manifest", "no_history_column"])
 def test_bad_artifact_is_refused_and_old_keeps_serving(client, root, tmp_path, damage):
     bad = root / f"bad-{damage}"
     shutil.rmtree(bad, ignore_errors=True)
@@ -151,6 +151,12 @@ def test_bad_artifact_is_refused_and_old_keeps_serving(client, root, tmp_path, d
         (bad / "index.faiss").write_bytes(data[:100] + b"\x00" * (len(data) - 100))
     elif damage == "missing_file":
         (bad / "users.parquet").unlink()
+    elif damage == "no_history_column":  # a format-1 users.parquet under a format-2 manifest with matching sizes
+        users = pq.read_table(bad / "users.parquet").drop_columns(["history", "history_score"])
+        pq.write_table(users, bad / "users.parquet")
+        m = json.loads((bad / "manifest.json").read_text())
+        m["files"]["users.parquet"] = (bad / "users.parquet").stat().st_size
+        (bad / "manifest.json").write_text(json.dumps(m))
     elif damage == "dim_mismatch":
         m = json.loads((bad / "manifest.json").read_text())
         m["embedding_dim"] += 16
