@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from retrieval.frequency import StreamingFrequency
 from retrieval.losses import sampled_softmax_loss
 from retrieval.metrics import recall_at_k
-from retrieval.repeat import history_affinity, history_affinity_dense, repeat_scale
+from retrieval.repeat import history_affinity, repeat_scale
 from retrieval.towers import build_towers
 
 
@@ -117,8 +117,8 @@ class TwoTowerModel(L.LightningModule):
         """[B, N] full scores of served user vectors [B, D] against every catalogue item [N, D] (rows in order)."""
         scores = users @ items.T
         if self.repeat_raw is not None:
-            scores = scores + self.repeat_term(history_affinity_dense(user_x["hist_rows"], user_x["hist_weights"],
-                                                                      items.shape[0]))
+            catalogue = torch.arange(items.shape[0], device=items.device)  # rows past a partial catalogue drop out
+            scores = scores + self.repeat_term(history_affinity(user_x["hist_rows"], user_x["hist_weights"], catalogue))
         return scores
 
     # ---- training ----

@@ -23,8 +23,8 @@ def history_affinity(hist_rows: Tensor, hist_weights: Tensor, cand_rows: Tensor)
     """[B, N] summed weight of each candidate in each row's history bag.
 
     hist_rows: [B, L] catalogue row + 1 of each history event (0 = padding); hist_weights: [B, L];
-    cand_rows: [N] catalogue rows (repeats allowed). A sorted join over the distinct candidates, not a dense
-    [B, L, N] comparison (200 M entries at batch 1024 with 1024 negatives).
+    cand_rows: [N] catalogue rows (repeats allowed; torch.arange(n) for a whole catalogue). A sorted join over the
+    distinct candidates, not a dense [B, L, N] comparison (200 M entries at batch 1024 with 1024 negatives).
     """
     uniq, inverse = torch.unique(cand_rows, return_inverse=True)  # [U], [N]
     item = hist_rows - 1  # [B, L]
@@ -33,15 +33,6 @@ def history_affinity(hist_rows: Tensor, hist_weights: Tensor, cand_rows: Tensor)
     out = torch.zeros(hist_rows.shape[0], len(uniq), dtype=hist_weights.dtype, device=hist_weights.device)
     out.scatter_add_(1, pos, torch.where(hit, hist_weights, torch.zeros_like(hist_weights)))
     return out[:, inverse]
-
-
-def history_affinity_dense(hist_rows: Tensor, hist_weights: Tensor, n_items: int) -> Tensor:
-    """[B, n_items] summed weight of catalogue rows 0..n_items-1 in each row's history bag (evaluation; rows past
-    n_items, as in a partial catalogue during Lightning's sanity check, are left out)."""
-    inside = (hist_rows > 0) & (hist_rows <= n_items)
-    out = torch.zeros(hist_rows.shape[0], n_items + 1, dtype=hist_weights.dtype, device=hist_weights.device)
-    out.scatter_add_(1, torch.where(inside, hist_rows, 0), hist_weights * inside)
-    return out[:, 1:]
 
 
 def history_items(hist_rows: np.ndarray, hist_weights: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

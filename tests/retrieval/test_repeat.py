@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from retrieval.repeat import history_affinity, history_affinity_dense, history_items
+from retrieval.repeat import history_affinity, history_items
 
 
 def bag(seed=0, B=5, L=9, n_items=12):
@@ -35,11 +35,11 @@ def test_affinity_matches_brute_force_with_repeated_and_absent_candidates():
 
 def test_dense_affinity_matches_brute_force_over_the_catalogue():
     rows, weights = bag(1)
-    dense = history_affinity_dense(rows, weights, 12)
+    dense = history_affinity(rows, weights, torch.arange(12))
     assert dense.shape == (5, 12)
     assert torch.allclose(dense, brute(rows, weights, torch.arange(12)), atol=1e-6)
     assert (dense[0] == 0).all()
-    assert torch.allclose(history_affinity_dense(rows, weights, 6), dense[:, :6])  # a partial catalogue
+    assert torch.allclose(history_affinity(rows, weights, torch.arange(6)), dense[:, :6])  # a partial catalogue
 
 
 def test_history_items_are_distinct_rows_with_summed_weights():
