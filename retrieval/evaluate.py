@@ -34,6 +34,25 @@ def two_tower_scorer(model: TwoTowerModel, corpus: Corpus) -> Scorer:
     return score
 
 
+def with_popularity_fallback(scorer: Scorer, corpus: Corpus) -> Scorer:
+    """What the service answers: a user with no event before the window is not in an artifact built then, so
+    the service gives them conversion popularity (serve/store.py, ``fallback: "popular"``); everyone else gets
+    ``scorer``'s scores. Scoring the model's empty-history query for them would measure an answer nobody serves."""
+    popular: dict[int, np.ndarray] = {}
+
+    def score(i: np.ndarray, es: EvalSet) -> np.ndarray:
+        s = scorer(i, es)
+        unknown = es.end[i] == corpus.user_start[es.users[i]]  # [B] no event before the window
+        if unknown.any():
+            if es.now not in popular:
+                popular[es.now] = corpus.item_counts(CONVERSION, es.now).astype(np.float32)
+            s = np.array(s, np.float32)  # a writable copy (a scorer may return a broadcast view)
+            s[unknown] = popular[es.now]
+        return s
+
+    return score
+
+
 def eval_user_states(model: TwoTowerModel, corpus: Corpus, i: np.ndarray, es: EvalSet,
                      items: np.ndarray) -> tuple[np.ndarray, UserHistory]:
     """Served vectors [B, D] of evaluation users (positions ``i`` of the eval set) at the window's start, and
@@ -190,6 +209,9 @@ def summarize(pu: PerUser, corpus: Corpus, es: EvalSet, ks: tuple[int, ...] = KS
     short = recall(pu.conv_ranks, k)
     short[n_hist >= short_history] = np.nan
     out[f"short_history(<{short_history})_conv_recall@100"] = bootstrap(short)
+    known = recall(pu.conv_ranks, k)
+    known[n_hist == 0] = np.nan  # users with an earlier event: the ones a model can personalise for
+    out["with_history_conv_recall@100"] = bootstrap(known)
     distinct = np.unique(pu.top100)
     out["coverage@100"] = (len(distinct) / corpus.n_items, np.nan, np.nan, len(es.users))
     freq = np.bincount(pu.top100.ravel(), minlength=corpus.n_items)

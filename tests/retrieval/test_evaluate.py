@@ -58,3 +58,23 @@ def test_paired_difference_uses_users_scored_by_both():
     assert users == 3 and np.isclose(mean, 1 / 3) and 0.0 <= lo <= mean <= hi <= 1.0
     mean, lo, hi, _ = E.paired_difference(np.full(50, 0.6), np.full(50, 0.5))  # the same gap for every user
     assert np.isclose(mean, 0.1) and np.isclose(lo, 0.1) and np.isclose(hi, 0.1)
+
+
+def test_popularity_fallback_scores_unknown_users_as_the_service_does(tiny_world):
+    """Users with no event before the window get conversion popularity before it; the others keep the scorer's."""
+    c = tiny_corpus(tiny_world)
+    es = c.eval_set(2)
+    unknown = np.arange(len(es.users)) % 2 == 0
+    end = np.where(unknown, c.user_start[es.users], es.end)  # half the users: no event before the window
+    es = EvalSet(users=es.users, end=end, now=es.now, conversions=es.conversions, engagement=es.engagement)
+    own = np.random.default_rng(0).random((len(es.users), c.n_items)).astype(np.float32)
+    score = E.with_popularity_fallback(lambda i, es: own[i], c)
+    i = np.arange(len(es.users))
+    s = score(i, es)
+    pop = c.item_counts(E.CONVERSION, es.now)
+    assert pop.sum() > 0 and unknown.any() and (~unknown).any()
+    assert (s[unknown] == pop).all()
+    assert (s[~unknown] == own[~unknown]).all()
+    r = E.evaluate(score, c, es)
+    known = r["with_history_conv_recall@100"]
+    assert known[3] == int(sum(len(es.conversions[j]) > 0 for j in np.flatnonzero(~unknown)))
