@@ -199,12 +199,12 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
                                                  if full is not None else none)
     n_conv = sum(len(t) for t in es.conversions)
     n_in = {k: int(sum(m.sum() for m in v)) for k, v in slices.items()}
-    no_history = float(np.mean(es.end == corpus.user_start[es.users]))
+    no_history = int((~known).sum())
     plots = plot(name, results, curves)
     md = [f"Test window: {len(es.users)} users with {n_conv} distinct (user, item) conversions; catalogue "
           f"{corpus.n_items} items. Of the conversions, {n_in['cold_item']} are of items with no event before the window "
           f"(cold) and {n_in['engaged_before']} ({n_in['engaged_before'] / n_conv:.0%}) of items the user engaged with "
-          f"before; {no_history:.0%} of the users have no earlier event: an artifact built at the window's start does not "
+          f"before; {no_history} of the {len(es.users)} users ({no_history / len(es.users):.0%}) have no earlier event: an artifact built at the window's start does not "
           f"know them, so the service answers them with conversion popularity, and so does every method here but the "
           f"row marked 'own answer' (with_history: the users a method can personalise for). Mean over users with a 95% bootstrap interval (1000 resamples of users); "
           f"full_minus_this@100 is the full model's conversion recall@100 minus the method's, per user, with a paired "
