@@ -178,20 +178,21 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
             if es.now != test_start:
                 raise RuntimeError(f"{name}: the refit's test window starts at {es.now}, not {test_start}")
             slices = E.conversion_slices(corpus, es)
+            known = es.end > corpus.user_start[es.users]  # users with an earlier event
         # Every method answers users with no earlier event with conversion popularity, as the service does
         # (ALS's scorer falls back for the users it never saw).
-        score(variant, E.with_popularity_fallback(E.two_tower_scorer(trained.model, corpus), corpus))
+        exact = E.two_tower_scorer(trained.model, corpus)
+        score(variant, E.with_popularity_fallback(exact, corpus))
         if ablation is None:
             score("two-tower full, HNSW32 index", E.with_popularity_fallback(ann_scorer(trained.model, corpus), corpus))
-            if (es.end == corpus.user_start[es.users]).any():  # what the fallback replaces, for the record
-                score("two-tower full, own answer for unknown users", E.two_tower_scorer(trained.model, corpus))
+            if not known.all():  # what the fallback replaces, for the record
+                score("two-tower full, own answer for unknown users", exact)
     now = es.now
     score("popularity (conversions)", E.popularity_scorer(corpus, now))
     score("popularity (engagement)", E.popularity_scorer(corpus, now, ENGAGEMENT))
     score("ALS (conversions)", E.als_scorer(corpus, now, dual=False))
     score("ALS (dual-weighted)", E.als_scorer(corpus, now, dual=True))
     full = per_user.get("two-tower full")
-    known = es.end > corpus.user_start[es.users]  # users with an earlier event
     for m, r in results.items():  # paired: full model minus this method, per user, resampled together
         none = (np.nan,) * 3 + (0,)
         r["full_minus_this@100"] = E.paired_difference(full, per_user[m]) if full is not None else none

@@ -38,16 +38,13 @@ def with_popularity_fallback(scorer: Scorer, corpus: Corpus) -> Scorer:
     """What the service answers: a user with no event before the window is not in an artifact built then, so
     the service gives them conversion popularity (serve/store.py, ``fallback: "popular"``); everyone else gets
     ``scorer``'s scores. Scoring the model's empty-history query for them would measure an answer nobody serves."""
-    popular: dict[int, np.ndarray] = {}
 
     def score(i: np.ndarray, es: EvalSet) -> np.ndarray:
         s = scorer(i, es)
         unknown = es.end[i] == corpus.user_start[es.users[i]]  # [B] no event before the window
         if unknown.any():
-            if es.now not in popular:
-                popular[es.now] = corpus.item_counts(CONVERSION, es.now).astype(np.float32)
             s = np.array(s, np.float32)  # a writable copy (a scorer may return a broadcast view)
-            s[unknown] = popular[es.now]
+            s[unknown] = popularity_scorer(corpus, es.now)(i[unknown], es)
         return s
 
     return score
