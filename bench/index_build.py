@@ -72,6 +72,7 @@ def main() -> None:
     t_embed = time.perf_counter() - t
     rng = np.random.default_rng(0)
     users = embed_users(model, dm.corpus, items, progress=False)[0][rng.choice(len(dm.corpus.events.user_vocab), 1000, replace=False)]
+    users = users.reshape(-1, items.shape[1])  # one query per interest vector
     rows = []
     for factory in FACTORIES:
         t = time.perf_counter()

@@ -29,6 +29,7 @@ from retrieval.adapters import diginetica, trivago  # noqa: E402
 from retrieval.checkpoint import load_trained  # noqa: E402
 from retrieval.cli import main as cli  # noqa: E402
 from retrieval.events import ENGAGEMENT  # noqa: E402
+from retrieval.model import TwoTowerModel  # noqa: E402
 from retrieval.split import temporal_split  # noqa: E402
 from retrieval.synth import WorldConfig, generate  # noqa: E402
 
@@ -43,6 +44,7 @@ VARIANTS = {  # name -> ablation config (None = the dataset's config as is: the 
     "full, no repeat term": "no_repeat",
     "full, no logQ": "no_logq",
     "full, in-batch negatives only": "in_batch_only",
+    "full, one interest": "one_interest",
 }
 SHOW = ["conv_recall@10", "conv_recall@50", "conv_recall@100", "conv_recall@500", "conv_ndcg@100", "eng_recall@100",
         "full_minus_this@100", "full_minus_this@100_with_history"]
@@ -110,6 +112,21 @@ def train(name: str, variant: str, ablation: str | None, data: Path, over: dict[
     return final / "last.ckpt", curve, seconds
 
 
+def changes_nothing(over: dict[str, str], ablation: str | None) -> bool:
+    """Whether an ablation only sets model options to what the dataset's config already has (e.g. one interest
+    where the config has one): its fit would repeat the full model's."""
+    import inspect
+
+    import yaml
+
+    if ablation is None:
+        return False
+    abl = yaml.safe_load((ROOT / "configs" / "ablations" / f"{ablation}.yaml").read_text())
+    model = yaml.safe_load((ROOT / over["config"]).read_text()).get("model", {})
+    defaults = {k: p.default for k, p in inspect.signature(TwoTowerModel).parameters.items()}
+    return set(abl) == {"model"} and all(model.get(k, defaults.get(k)) == v for k, v in abl["model"].items())
+
+
 def val_curve(checkpoints: Path) -> list[float]:
     rows = list(csv.DictReader(open(checkpoints.parent / "metrics.csv")))
     return [float(r["val/conv_recall@100"]) for r in rows if r.get("val/conv_recall@100")]
@@ -128,7 +145,13 @@ def test_start_of(data: Path, over: dict[str, str]) -> int:
 def ann_scorer(model, corpus, factory: str = "HNSW32") -> E.Scorer:
     """Scores that keep only what the service answers from an ANN index over the item vectors (the index's
     results merged with the user's history items, as serve/store.py does): the loss an index adds."""
-    from index.faiss_index import apply_search_params, build_index, default_search_params, merge_history
+    from index.faiss_index import (
+        apply_search_params,
+        build_index,
+        default_search_params,
+        merge_history,
+        merge_interests,
+    )
     from retrieval.embed import embed_items
 
     vecs = embed_items(model, corpus, progress=False)
@@ -137,11 +160,13 @@ def ann_scorer(model, corpus, factory: str = "HNSW32") -> E.Scorer:
     k = min(500, corpus.n_items)
 
     def score(i, es):
-        users, hist = E.eval_user_states(model, corpus, i, es, vecs)
-        s, rows = index.search(users, min(k + int(np.diff(hist.offsets).max(initial=0)), corpus.n_items))
+        users, hist = E.eval_user_states(model, corpus, i, es, vecs)  # [B, K, D]
+        want = min(k + int(np.diff(hist.offsets).max(initial=0)), corpus.n_items)
+        s, rows = index.search(users.reshape(-1, vecs.shape[1]), want)
+        s, rows = s.reshape(len(i), -1, want), rows.reshape(len(i), -1, want)
         out = np.full((len(i), corpus.n_items), -np.inf, np.float32)
         for b in range(len(i)):
-            r, v = merge_history(rows[b], s[b], *hist.of(b), k)
+            r, v = merge_history(*merge_interests(rows[b], s[b]), *hist.of(b), k)
             out[b, r] = v
         return out
 
@@ -168,7 +193,7 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
 
     test_start = test_start_of(data, over)
     for variant, ablation in VARIANTS.items():
-        if variant not in variants:
+        if variant not in variants or changes_nothing(over, ablation):
             continue
         ckpt, curves[variant], seconds[variant] = train(name, variant, ablation, data, over, epochs, test_start, reuse)
         trained = load_trained(ckpt)

@@ -4,7 +4,8 @@ An artifact folder holds:
   manifest.json     what is here, how it was made, and the measured recall of the index
   index.faiss       FAISS index over item vectors (row i = items.parquet row i), inner product
   items.parquet     item_id, vector (the served conversion embedding)
-  users.parquet     user_id, vector, purchased (catalogue rows the user converted on, for exclusion),
+  users.parquet     user_id, vector (interests x embedding_dim values: one vector per interest),
+                    purchased (catalogue rows the user converted on, for exclusion),
                     history / history_score (the user's history items and their full scores, inner product
                     plus the repeat term: merged into the index's answer, retrieval/repeat.py)
   popular.parquet   item_id, score (conversion popularity: the answer for users never seen)
@@ -23,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 2  # 2: users.parquet carries history items and their scores (the repeat term)
+# 2: users.parquet carries history items and their scores (the repeat term); 3: a user has `interests` vectors
+FORMAT_VERSION = 3
 FILES = ("index.faiss", "items.parquet", "users.parquet", "popular.parquet", "model.pt")
 
 
@@ -46,6 +48,7 @@ class Manifest:
     user_id_type: str
     recall_check: dict[str, Any]  # {"k", "users", "recall"}: the index against exact search
     repeat_scale: float = 0.0  # the model's repeat-term scale (0: none; history scores are then plain inner products)
+    interests: int = 1  # vectors per user: each is searched, an item scores its best interest's inner product
     files: dict[str, int] = field(default_factory=dict)  # file -> size in bytes
     format_version: int = FORMAT_VERSION
 

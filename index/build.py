@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 
 
 def vectors_table(ids: pa.Array, vectors: np.ndarray, key: str) -> pa.Table:
-    """id + fixed-size list vector column, without copying the vectors."""
+    """id + fixed-size list vector column, without copying the vectors: [N, D], or [N, K, D] as K * D values."""
     flat = pa.array(vectors.reshape(-1), pa.float32())
-    return pa.table({key: ids, "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
+    return pa.table({key: ids, "vector": pa.FixedSizeListArray.from_arrays(flat, int(np.prod(vectors.shape[1:])))})
 
 
 def popularity(corpus: Corpus, top: int = 1000) -> tuple[np.ndarray, np.ndarray]:
@@ -58,14 +58,14 @@ def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events
     trained = load_trained(checkpoint)
     corpus = trained.corpus(events, items, users)
     item_vecs = embed_items(trained.model, corpus, batch_size, progress)
-    user_vecs, history = embed_users(trained.model, corpus, item_vecs, batch_size, progress)
+    user_vecs, history = embed_users(trained.model, corpus, item_vecs, batch_size, progress)  # [U, K, D]
     t_embed = time.perf_counter() - t0
     index = build_index(item_vecs, factory, use_gpu=use_gpu, seed=seed)
     params = default_search_params(factory)
     apply_search_params(index, params)
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(user_vecs), min(recall_users, len(user_vecs)), replace=False)
-    recall = measure_recall(index, item_vecs, user_vecs[sample], recall_k)
+    recall = measure_recall(index, item_vecs, user_vecs[sample].reshape(-1, item_vecs.shape[1]), recall_k)
     log.info("index: %s over %d items: recall@%d = %.4f against exact search on %d users",
              factory, len(item_vecs), recall_k, recall, len(sample))
     pop_rows, pop_scores = popularity(corpus)
@@ -89,7 +89,7 @@ def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events
             n_items=len(item_vecs), n_users=len(user_vecs), item_id_type=ev.item_id_type,
             user_id_type=ev.user_id_type,
             recall_check={"k": recall_k, "users": int(len(sample)), "recall": round(recall, 5)},
-            repeat_scale=round(trained.model.repeat_scale().item(), 6),
+            repeat_scale=round(trained.model.repeat_scale().item(), 6), interests=int(user_vecs.shape[1]),
         )
         write_manifest(tmp, manifest)
     log.info("index: wrote %s in %.1f s (embedding %.1f s)", out, time.perf_counter() - t0, t_embed)

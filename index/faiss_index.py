@@ -98,6 +98,23 @@ def measure_recall(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray,
     return float(np.mean(hits) / k)
 
 
+def merge_interests(rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One answer from the searches of a user's K interest vectors: each item once, with its best interest's
+    score (the model's score), best first. rows, scores: [K, M] search results (-1 = none).
+
+    Exact for the top M: an item in the top M by best-interest score is in its best interest's top M.
+    """
+    if len(rows) == 1:
+        return rows[0], scores[0]
+    r, s = rows.ravel(), scores.ravel()
+    keep = r >= 0
+    order = np.argsort(-s[keep], kind="stable")
+    r, s = r[keep][order], s[keep][order]
+    _, first = np.unique(r, return_index=True)  # each item's first (best) occurrence
+    first.sort()
+    return r[first], s[first]
+
+
 def merge_history(rows: np.ndarray, scores: np.ndarray, hist_rows: np.ndarray, hist_scores: np.ndarray,
                   k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` of an inner-product search merged with the user's history items and their full scores.

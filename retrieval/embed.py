@@ -62,7 +62,8 @@ class UserHistory:
 def user_history(model: TwoTowerModel, x: dict[str, np.ndarray], user_vecs: np.ndarray,
                  item_vecs: np.ndarray) -> UserHistory:
     """The history items of a user batch ``x`` (corpus.user_batch) with their full scores against ``item_vecs``;
-    none when the model has no repeat term (the index alone is then exact). user_vecs: [B, D] of the same batch."""
+    none when the model has no repeat term (the index alone is then exact). user_vecs: [B, K, D] of the same
+    batch (an item's inner product is its best interest's)."""
     if model.repeat_raw is None:
         return UserHistory(np.zeros(len(user_vecs) + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
     per_user = history_items(x["hist_rows"], x["hist_weights"])
@@ -70,28 +71,30 @@ def user_history(model: TwoTowerModel, x: dict[str, np.ndarray], user_vecs: np.n
     rows = np.concatenate([np.zeros(0, np.int64), *(r for r, _ in per_user)])
     weights = np.concatenate([np.zeros(0, np.float32), *(w for _, w in per_user)])
     owner = np.repeat(np.arange(len(per_user)), np.diff(offsets))  # [H] the user of each history item
-    inner = np.einsum("hd,hd->h", item_vecs[rows], user_vecs[owner])
+    inner = np.einsum("hd,hkd->hk", item_vecs[rows], user_vecs[owner]).max(1, initial=-np.inf)
     scores = inner + model.repeat_term(torch.from_numpy(weights)).numpy()
     return UserHistory(offsets, rows.astype(np.int32), scores.astype(np.float32))
 
 
 def user_states(model: TwoTowerModel, corpus: Corpus, users: np.ndarray, end: np.ndarray, now: np.ndarray,
                 item_vecs: np.ndarray) -> tuple[np.ndarray, UserHistory]:
-    """Served vectors [B, D] of user codes [B] (history [user_start, end) at ``now``) and their history items with
-    full scores (what the service merges into an index's answer), from one history gather."""
+    """Served vectors [B, K, D] of user codes [B] (history [user_start, end) at ``now``; K interests, 1 for a
+    single-vector model) and their history items with full scores (what the service merges into an index's
+    answer), from one history gather."""
     x = corpus.user_batch(users, end, now)
     with torch.inference_mode():
-        vecs = model.embed_users(to_torch(x)).numpy()
+        vecs = model.embed_users(to_torch(x)).numpy().reshape(len(users), model.hparams.interests, -1)
     return vecs, user_history(model, x, vecs, item_vecs)
 
 
 def embed_users(model: TwoTowerModel, corpus: Corpus, item_vecs: np.ndarray, batch_size: int = 8192,
                 progress: bool = True) -> tuple[np.ndarray, UserHistory]:
-    """[U, D] float32 embeddings of every user in the events, from their history up to the end of the log, and
-    their history items with full scores against ``item_vecs`` (what the service merges into the index's answer)."""
+    """[U, K, D] float32 embeddings of every user in the events (K interests), from their history up to the end of
+    the log, and their history items with full scores against ``item_vecs`` (what the service merges into the
+    index's answer)."""
     n = len(corpus.events.user_vocab)
     now = int(corpus.events.ts.max()) + 1
-    out = np.empty((n, model.embedding_dim), np.float32)
+    out = np.empty((n, model.hparams.interests, model.embedding_dim), np.float32)
     parts = []
     for lo in tqdm(range(0, n, batch_size), desc="embed users", unit="batch", disable=not progress):
         users = np.arange(lo, min(n, lo + batch_size))

@@ -6,6 +6,16 @@ import torch
 from torch import Tensor
 
 
+def interest_scores(query: Tensor, cand: Tensor) -> Tensor:
+    """[R, C] inner products of queries [R, D] with candidates [C, D]; a query of K interests [R, K, D] scores
+    each candidate by its best-matching interest (what K index searches merged by score return)."""
+    if query.dim() == 2:
+        return query @ cand.T
+    R, K, D = query.shape
+    # One 2-D product, and max with indices (its backward is a scatter; amax's compares every entry again).
+    return (query.reshape(R * K, D) @ cand.T).view(R, K, -1).max(dim=1).values  # [R, K, C] -> [R, C]
+
+
 def sampled_softmax_loss(
     query: Tensor,
     target: Tensor,
@@ -23,12 +33,27 @@ def sampled_softmax_loss(
 ) -> Tensor:
     """Weighted mean over query rows of -log softmax(target) over in-batch candidates and sampled negatives.
 
-    query: [R, D] user embeddings (temperature already folded in); target: [R] column of each row's
+    query: [R, D] user embeddings (temperature already folded in), or [R, K, D] with K interests (an item's
+    logit is its best interest's: ``interest_scores``); target: [R] column of each row's
     positive among the in-batch candidates; weight: [R] example weights; query_user: [R] user key.
     cand: [B, D] in-batch candidate item embeddings (the batch's positives); cand_item / cand_user: [B]
     item and user key of each; cand_log_q: [B] log expected count of each candidate in a batch.
     neg: [N, D] sampled negatives; neg_item: [N]; neg_log_q: [N] log expected count under their sampler.
-    cand_bonus / neg_bonus: [R, B] / [R, N] logits added to the inner products (the repeat term).
+    cand_bonus / neg_bonus: [R, B] / [R, N] logits added to the inner products (the repeat term; given together).
+
+    The composition of ``softmax_logits`` and ``softmax_nll``.
+    """
+    logits = softmax_logits(query, target, query_user, cand, cand_item, cand_user, cand_log_q, neg, neg_item,
+                            neg_log_q)
+    if cand_bonus is not None:
+        logits = logits + (cand_bonus if logits.shape[1] == cand.shape[0] else torch.cat([cand_bonus, neg_bonus], 1))
+    return softmax_nll(logits, target, weight)
+
+
+def softmax_logits(query: Tensor, target: Tensor, query_user: Tensor, cand: Tensor, cand_item: Tensor,
+                   cand_user: Tensor, cand_log_q: Tensor | None = None, neg: Tensor | None = None,
+                   neg_item: Tensor | None = None, neg_log_q: Tensor | None = None) -> Tensor:
+    """[R, B (+ N)] logits of the sampled softmax (arguments as in ``sampled_softmax_loss``), masked columns -inf.
 
     logQ: every column's logit is lowered by its log expected count, the positive's too (Yi et al., 2019).
     Masking: a column is dropped for a row when it is the same item as the row's positive (accidental
@@ -38,9 +63,7 @@ def sampled_softmax_loss(
     times as it repeats, and the model would learn to rank popular items down.
     """
     R, B = query.shape[0], cand.shape[0]
-    logits = query @ cand.T  # [R, B]
-    if cand_bonus is not None:
-        logits = logits + cand_bonus
+    logits = interest_scores(query, cand)  # [R, B]
     if cand_log_q is not None:
         logits = logits - cand_log_q[None, :]
     pos_item = cand_item[target]  # [R]
@@ -52,17 +75,20 @@ def sampled_softmax_loss(
             | repeat[None, :]) & ~own
     logits = logits.masked_fill(drop, float("-inf"))
     if neg is not None and neg.shape[0] > 0:
-        nl = query @ neg.T  # [R, N]
-        if neg_bonus is not None:
-            nl = nl + neg_bonus
+        nl = interest_scores(query, neg)  # [R, N]
         if neg_log_q is not None:
             nl = nl - neg_log_q[None, :]
         user_pos = _negatives_of_users_positives(query_user, cand_item, cand_user, neg_item)  # [R, N]
         nl = nl.masked_fill(user_pos | (neg_item[None, :] == pos_item[:, None]), float("-inf"))
         logits = torch.cat([logits, nl], dim=1)
-    per_row = torch.logsumexp(logits, dim=1) - logits[torch.arange(R, device=query.device), target]
-    total = weight.sum()
-    return (per_row * weight).sum() / total.clamp_min(1e-12)
+    return logits
+
+
+def softmax_nll(logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Weighted mean over rows of -log softmax(logits)[target]: logits [R, C], target [R] columns, weight [R]."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    per_row = torch.logsumexp(logits, dim=1) - logits[rows, target]
+    return (per_row * weight).sum() / weight.sum().clamp_min(1e-12)
 
 
 def _negatives_of_users_positives(query_user: Tensor, cand_item: Tensor, cand_user: Tensor, neg_item: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from retrieval.frequency import StreamingFrequency
-from retrieval.losses import sampled_softmax_loss
+from retrieval.losses import interest_scores, softmax_logits, softmax_nll
 from retrieval.metrics import recall_at_k
 from retrieval.repeat import history_affinity, repeat_scale
 from retrieval.towers import build_towers
@@ -24,6 +24,7 @@ class TwoTowerModel(L.LightningModule):
         hidden: list[int] = [256],  # noqa: B006 (a config default, never mutated)
         out_dim: int = 64,
         user_ids: bool = False,
+        interests: int = 1,
         id_dropout: float = 0.1,
         temperature: float = 0.05,
         item_bias: bool = True,
@@ -46,6 +47,8 @@ class TwoTowerModel(L.LightningModule):
             hidden: widths of each tower's MLP layers.
             out_dim: dimension of the served embeddings.
             user_ids: give the user tower a user-ID embedding besides history and features.
+            interests: user vectors per user (1 = one); K > 1 pools the history K ways and scores an item by its
+                best-matching interest (towers.InterestPooling); served as K index queries merged by score.
             id_dropout: share of training rows whose ID embedding is zeroed (teaches features-only embedding).
             temperature: softmax temperature (folded into the user embedding).
             item_bias: a learned scalar per item (from the item tower) added to its logit; served as one
@@ -69,7 +72,7 @@ class TwoTowerModel(L.LightningModule):
             raise ValueError("model: conversion_weight and engagement_weight are both 0: the served head learns nothing")
         heads = ["conversion"] + (["engagement"] if aux_weight > 0 else [])
         self.item_tower, self.user_tower = build_towers(item_inputs, user_inputs, embed_dim, hidden, out_dim, heads, user_ids,
-                                                        id_dropout, item_bias)
+                                                        id_dropout, item_bias, interests)
         # One raw scale per head, softplus(0) = 0.69 in served (cosine) units: enough to lift a history item
         # into the top 100 from the start; learned from there.
         self.repeat_raw = nn.Parameter(torch.zeros(len(heads))) if repeat else None
@@ -86,9 +89,9 @@ class TwoTowerModel(L.LightningModule):
         return self.hparams.out_dim + int(self.hparams.item_bias)
 
     def _query(self, u: Tensor) -> Tensor:
-        """[B, embedding_dim] training query: user embedding / temperature (+ 1 to pick up the item bias)."""
+        """[B, (K,) embedding_dim] training query: user embedding / temperature (+ 1 to pick up the item bias)."""
         q = u / self.hparams.temperature
-        return torch.cat([q, torch.ones_like(q[:, :1])], 1) if self.hparams.item_bias else q
+        return torch.cat([q, torch.ones_like(q[..., :1])], -1) if self.hparams.item_bias else q
 
     def embed_items(self, x: dict[str, Tensor]) -> Tensor:
         """[B, embedding_dim] served (conversion) item vectors."""
@@ -98,9 +101,9 @@ class TwoTowerModel(L.LightningModule):
         return e
 
     def embed_users(self, x: dict[str, Tensor]) -> Tensor:
-        """[B, embedding_dim] served (conversion) user vectors."""
+        """[B, embedding_dim] served (conversion) user vectors; [B, K, embedding_dim] with K interests."""
         u = self.user_tower(x)["conversion"]
-        return torch.cat([u, torch.ones_like(u[:, :1])], 1) if self.hparams.item_bias else u
+        return torch.cat([u, torch.ones_like(u[..., :1])], -1) if self.hparams.item_bias else u
 
     def repeat_scale(self, head: str = "conversion") -> Tensor:
         """Served-units scale of the repeat term (0 without one): score += scale * log1p(history weight)."""
@@ -114,8 +117,8 @@ class TwoTowerModel(L.LightningModule):
         return self.repeat_scale(head) * torch.log1p(affinity)
 
     def served_scores(self, users: Tensor, items: Tensor, user_x: dict[str, Tensor]) -> Tensor:
-        """[B, N] full scores of served user vectors [B, D] against every catalogue item [N, D] (rows in order)."""
-        scores = users @ items.T
+        """[B, N] full scores of served user vectors [B, (K,) D] against every catalogue item [N, D] (rows in order)."""
+        scores = interest_scores(users, items)
         if self.repeat_raw is not None:
             catalogue = torch.arange(items.shape[0], device=items.device)  # rows past a partial catalogue drop out
             scores = scores + self.repeat_term(history_affinity(user_x["hist_rows"], user_x["hist_weights"], catalogue))
@@ -134,27 +137,18 @@ class TwoTowerModel(L.LightningModule):
             bonus = self.repeat_term(affinity[rows], head) / h.temperature
         query, cand = self._query(u[head][rows]), p[head]
         neg = None if n is None else n[head]
-        loss = self._softmax(rows, weight, batch, cand_log_q, query, cand, neg)
+        logits = softmax_logits(query, rows, batch["user_key"][rows], cand, batch["pos_item"], batch["user_key"],
+                                cand_log_q, neg, batch.get("neg_item"),
+                                batch.get("neg_log_q") if self.hparams.logq else None)  # [R, B + N]
+        loss = softmax_nll(logits, rows, weight[rows])
         if bonus is not None:
             # The term's scale is fitted on the towers' scores held fixed (a second softmax over detached
-            # embeddings). Trained through the same softmax, the towers learn to push the user's other history
+            # logits). Trained through the same softmax, the towers learn to push the user's other history
             # items away to offset the term and lose their similarity structure: on the synthetic world the
             # learned scale then stays near 0 (from 0.02 at init) or, from 0.69, validation recall@100 falls to
             # 0.35 against 0.51 without the term.
-            B = cand.shape[0]
-            loss = loss + self._softmax(rows, weight, batch, cand_log_q, query.detach(), cand.detach(),
-                                        None if neg is None else neg.detach(), bonus[:, :B], bonus[:, B:])
+            loss = loss + softmax_nll(logits.detach() + bonus[:, :logits.shape[1]], rows, weight[rows])
         return loss
-
-    def _softmax(self, rows: Tensor, weight: Tensor, batch: dict[str, Any], cand_log_q: Tensor | None, query: Tensor,
-                 cand: Tensor, neg: Tensor | None, cand_bonus: Tensor | None = None,
-                 neg_bonus: Tensor | None = None) -> Tensor:
-        return sampled_softmax_loss(
-            query=query, target=rows, weight=weight[rows], query_user=batch["user_key"][rows], cand=cand,
-            cand_item=batch["pos_item"], cand_user=batch["user_key"], cand_log_q=cand_log_q,
-            neg=neg, neg_item=batch.get("neg_item"), neg_log_q=batch.get("neg_log_q") if self.hparams.logq else None,
-            cand_bonus=cand_bonus, neg_bonus=neg_bonus,
-        )
 
     def _step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         h = self.hparams

@@ -50,6 +50,29 @@ def _weighted_bag(codes: Tensor, weights: Tensor, table: nn.Embedding) -> Tensor
     return bag / w.sum(1, keepdim=True).clamp_min(1e-6)
 
 
+class InterestPooling(nn.Module):
+    """K attention-weighted bags of the user's history, one per interest (ComiRec-SA, Cen et al. 2020, with
+    linear keys): a mean-pooled bag blends a user's interests into one vector, which then ranks the main
+    interest's items above every secondary interest's.
+
+    Position h of interest k weighs w_h * exp(key_k . x_h), x_h the concatenated embeddings of history item h,
+    w_h its history weight: with zero keys every interest is the weighted mean bag. Keys start random, so the
+    interests start a little apart; the loss scores an item by its best interest, which sends each item's gradient
+    to one interest and moves them further apart.
+    """
+
+    def __init__(self, in_dim: int, interests: int):
+        super().__init__()
+        self.key = nn.Linear(in_dim, interests, bias=False)
+        nn.init.normal_(self.key.weight, std=3.0 / in_dim ** 0.5)
+
+    def forward(self, x: Tensor, weights: Tensor, valid: Tensor) -> Tensor:
+        """x [B, L, F], weights / valid [B, L] -> attention [B, K, L] (rows of a user without history are 0)."""
+        logits = self.key(x).transpose(1, 2) + torch.log(weights.clamp_min(1e-12))[:, None, :]  # [B, K, L]
+        logits = logits.masked_fill(~(valid & (weights > 0))[:, None, :], float("-inf"))
+        return torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)
+
+
 class Tower(nn.Module):
     """inputs -> concat -> MLP -> one linear head per objective -> L2 normalise (+ a scalar bias per head).
 
@@ -58,15 +81,23 @@ class Tower(nn.Module):
     of the history items' feature codes (user tower only; shared with the item tower); id_dropout: share of
     training rows whose ID embedding is zeroed, so the tower also learns to embed from features alone (new
     items, new users); bias: each head also outputs an unnormalised scalar (item popularity that normalised
-    vectors cannot hold), appended as the last column: [B, out_dim + 1].
+    vectors cannot hold), appended as the last column: [B, out_dim + 1]; interests: K > 1 pools the history K
+    ways (InterestPooling) and outputs K vectors per head: [B, K, out_dim] (user tower only).
     """
 
     def __init__(self, features: list[dict[str, Any]], embed_dim: int, hidden: list[int], out_dim: int,
                  heads: list[str], id_table: nn.Embedding | None = None, history_table: nn.Embedding | None = None,
-                 history_features: dict[str, nn.Embedding] | None = None, id_dropout: float = 0.0, bias: bool = False):
+                 history_features: dict[str, nn.Embedding] | None = None, id_dropout: float = 0.0, bias: bool = False,
+                 interests: int = 1):
         super().__init__()
         self.id_table, self.history_table, self.id_dropout = id_table, history_table, id_dropout
         self.history_features = nn.ModuleDict(history_features or {})
+        if interests < 1:
+            raise ValueError(f"interests must be 1 or more, got {interests}")
+        if interests > 1 and (history_table is None or bias):
+            raise ValueError("interests > 1 needs a history bag to pool and no bias (a user tower)")
+        n_hist = (history_table is not None) + len(self.history_features)
+        self.pooling = InterestPooling(embed_dim * n_hist, interests) if interests > 1 else None
         self.embedder = FeatureEmbedder(features, embed_dim)
         in_dim = self.embedder.out_dim + embed_dim * ((id_table is not None) + (history_table is not None)
                                                       + len(self.history_features))
@@ -81,17 +112,32 @@ class Tower(nn.Module):
         self.biases = nn.ModuleDict({name: nn.Linear(in_dim, 1) for name in heads}) if bias else None
 
     def hidden(self, x: dict[str, Tensor]) -> Tensor:
+        """[B, H], or [B, K, H] with interests."""
         parts = self.embedder(x)
         if self.id_table is not None:
             e = self.id_table(x["id"])  # [B, E]
             if self.training and self.id_dropout > 0:
                 e = e * (torch.rand(e.shape[0], 1, device=e.device) >= self.id_dropout)
             parts.append(e)
+        if self.pooling is not None:
+            k = self.pooling.key.out_features
+            return self.mlp(torch.cat([p[:, None].expand(-1, k, -1) for p in parts] + [self._interest_bags(x)], dim=2))
         if self.history_table is not None:
             parts.append(_weighted_bag(x["hist_items"], x["hist_weights"], self.history_table))
         for name, table in self.history_features.items():
             parts.append(_weighted_bag(x[f"hist_{name}"], x["hist_weights"], table))
         return self.mlp(torch.cat(parts, dim=1))
+
+    def _interest_bags(self, x: dict[str, Tensor]) -> Tensor:
+        """[B, K, E * T]: the T history bags (item IDs, then item features) pooled K ways; as in the one-vector
+        bag, a table's missing codes (0) take no share of its mean."""
+        codes = [x["hist_items"]] + [x[f"hist_{n}"] for n in self.history_features]
+        tables = [self.history_table] + list(self.history_features.values())
+        hist = torch.cat([F.embedding(c, t.weight, padding_idx=0, sparse=True)
+                          for c, t in zip(codes, tables, strict=True)], dim=2)  # [B, L, E * T], code 0 -> zeros
+        attn = self.pooling(hist, x["hist_weights"], x["hist_rows"] > 0)  # [B, K, L]
+        known = attn @ torch.stack([c > 0 for c in codes], dim=2).to(hist.dtype)  # [B, K, T] share on known codes
+        return (attn @ hist) / known.clamp_min(1e-6).repeat_interleave(tables[0].embedding_dim, dim=2)
 
     def forward(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
         h = self.hidden(x)
@@ -102,7 +148,8 @@ class Tower(nn.Module):
 
 
 def build_towers(items: dict[str, Any], users: dict[str, Any], embed_dim: int, hidden: list[int], out_dim: int,
-                 heads: list[str], user_ids: bool, id_dropout: float, item_bias: bool) -> tuple[Tower, Tower]:
+                 heads: list[str], user_ids: bool, id_dropout: float, item_bias: bool,
+                 interests: int = 1) -> tuple[Tower, Tower]:
     """Item and user towers sharing the item-ID table. items / users: TowerVocab.spec() dicts."""
     item_ids = nn.Embedding(items["n_ids"], embed_dim, padding_idx=0, sparse=True)
     with torch.no_grad():
@@ -113,5 +160,6 @@ def build_towers(items: dict[str, Any], users: dict[str, Any], embed_dim: int, h
                        bias=item_bias)
     shared = {n: item_tower.embedder.tables[n] for n in users.get("history_features", [])}
     user_tower = Tower(users["features"], embed_dim, hidden, out_dim, heads, id_table=user_table,
-                       history_table=item_ids, history_features=shared, id_dropout=id_dropout)
+                       history_table=item_ids, history_features=shared, id_dropout=id_dropout,
+                       interests=interests)
     return item_tower, user_tower

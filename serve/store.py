@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from index.artifact import ArtifactError, Manifest, read_manifest
-from index.faiss_index import apply_search_params, merge_history
+from index.faiss_index import apply_search_params, merge_history, merge_interests
 from retrieval.contract import DataError
 
 # torch, Lightning and the model are imported only when new items are embedded (with_items): the answering
@@ -65,7 +65,7 @@ class Served:
     index: faiss.Index
     item_ids: np.ndarray  # [N] row -> item id (int64, or object array of str)
     users: IdLookup
-    user_vecs: np.ndarray  # [U, D] float32
+    user_vecs: np.ndarray  # [U, K, D] float32: K interest vectors per user
     purchased_offsets: np.ndarray  # [U + 1] into purchased_rows
     purchased_rows: np.ndarray  # catalogue rows each user converted on
     history_offsets: np.ndarray  # [U + 1] into history_rows / history_scores
@@ -93,8 +93,8 @@ class Served:
         # Enough results that, after dropping history items (scored apart) and purchases, k remain.
         want = min(k + (len(bought) if exclude_purchased else 0) + len(hist_rows), self.index.ntotal)
         faiss.omp_set_num_threads(1)  # per request thread: one query gains nothing from OpenMP, and loses
-        scores, rows = self.index.search(self.user_vecs[row: row + 1], want)
-        rows, scores = merge_history(rows[0], scores[0], hist_rows, hist_scores, want)
+        scores, rows = self.index.search(self.user_vecs[row], want)  # [K, want]
+        rows, scores = merge_history(*merge_interests(rows, scores), hist_rows, hist_scores, want)
         if exclude_purchased and len(bought):
             keep = ~np.isin(rows, bought)
             rows, scores = rows[keep], scores[keep]
@@ -146,14 +146,16 @@ class Served:
         return out
 
 
-def _vectors(path: Path, key: str, n: int, dim: int) -> tuple[pa.Table, np.ndarray]:
+def _vectors(path: Path, n: int, per_row: int, dim: int) -> tuple[pa.Table, np.ndarray]:
+    """The table and its vectors [n, per_row, dim]."""
     t = pq.read_table(path)
     if t.num_rows != n:
         raise ArtifactError(f"artifact {path.parent}: {path.name} has {t.num_rows} rows, the manifest says {n}")
     vec = t.column("vector").combine_chunks()
-    if not pa.types.is_fixed_size_list(vec.type) or vec.type.list_size != dim:
-        raise ArtifactError(f"artifact {path.parent}: {path.name} vectors are {vec.type}, the manifest says dim {dim}")
-    return t, vec.values.to_numpy(zero_copy_only=False).reshape(n, dim).astype(np.float32, copy=False)
+    if not pa.types.is_fixed_size_list(vec.type) or vec.type.list_size != per_row * dim:
+        raise ArtifactError(f"artifact {path.parent}: {path.name} vectors are {vec.type}, the manifest says "
+                            f"{per_row} x dim {dim}")
+    return t, vec.values.to_numpy(zero_copy_only=False).reshape(n, per_row, dim).astype(np.float32, copy=False)
 
 
 def load_served(folder: str | Path) -> Served:
@@ -172,7 +174,7 @@ def load_served(folder: str | Path) -> Served:
     apply_search_params(index, m.search_params)
     try:
         items = pq.read_table(folder / "items.parquet", columns=["item_id"]).column("item_id").combine_chunks()
-        users_t, user_vecs = _vectors(folder / "users.parquet", "user_id", m.n_users, m.embedding_dim)
+        users_t, user_vecs = _vectors(folder / "users.parquet", m.n_users, m.interests, m.embedding_dim)
         pop = pq.read_table(folder / "popular.parquet")
         purchased = users_t.column("purchased").combine_chunks()
         history, history_score = users_t.column("history").combine_chunks(), users_t.column("history_score").combine_chunks()

@@ -108,7 +108,8 @@ def test_history_scores_are_the_models_full_scores(artifact, trained):
         assert rows.tolist() == sorted(set(bag[u][bag[u] > 0] - 1))
         assert np.allclose(users.column("history_score")[int(u)].as_py(), full[u, rows], atol=1e-5)
         others = np.setdiff1d(np.arange(len(items)), rows)
-        assert np.allclose(full[u, others], items[others] @ np.asarray(users.column("vector")[int(u)].as_py()), atol=1e-5)
+        vecs = np.asarray(users.column("vector")[int(u)].as_py()).reshape(m.interests, -1)  # [K, D]
+        assert np.allclose(full[u, others], (items[others] @ vecs.T).max(1), atol=1e-5)
         n_hist += len(rows)
     assert n_hist > 0
 
@@ -118,5 +119,10 @@ def test_exact_user_topk_is_what_flat_serves(artifact):
     index = faiss.read_index(str(artifact / "index.faiss"))
     items = np.stack(pq.read_table(artifact / "items.parquet").column("vector").to_numpy(zero_copy_only=False))
     users = np.stack(pq.read_table(artifact / "users.parquet").column("vector").to_numpy(zero_copy_only=False))
-    _, rows = index.search(users[:20].astype(np.float32), 10)
-    assert (rows == exact_topk(users[:20].astype(np.float32), items.astype(np.float32), 10)[1]).all()
+    m = read_manifest(artifact)
+    assert users.shape == (m.n_users, m.interests * m.embedding_dim) and m.interests == 2
+    queries = users[:20].reshape(-1, m.embedding_dim).astype(np.float32)  # one row per interest
+    _, rows = index.search(queries, 10)
+    assert (rows == exact_topk(queries, items.astype(np.float32), 10)[1]).all()
+    # The two interests of a user are different vectors (each searched).
+    assert not np.allclose(queries[0::2], queries[1::2], atol=1e-3)

@@ -13,6 +13,7 @@ from index.faiss_index import (
     gpu_count,
     measure_recall,
     merge_history,
+    merge_interests,
 )
 
 
@@ -91,3 +92,23 @@ def test_merge_history_is_the_exact_top_k_of_the_full_scores():
         rows, scores = merge_history(r[0], s[0], hist, full[hist], k)
         want = np.argsort(-full, kind="stable")[:k]
         assert np.allclose(scores, full[want], atol=1e-5) and set(rows) == set(want)
+
+
+def test_merge_interests_is_the_exact_top_of_the_best_interest():
+    """K interest searches merged = the brute-force top M of each item's best interest score, each item once."""
+    rng = np.random.default_rng(5)
+    items = rng.normal(size=(300, 8)).astype(np.float32)
+    index = build_index(items, "Flat")
+    for K in (1, 2, 4):
+        for _ in range(10):
+            u = rng.normal(size=(K, 8)).astype(np.float32)
+            s, r = index.search(u, 25)
+            rows, scores = merge_interests(r, s)
+            best = (items @ u.T).max(1)  # [300]
+            want = np.argsort(-best, kind="stable")[:25]
+            assert len(set(rows.tolist())) == len(rows) >= 25  # each item once, at least the top 25
+            assert np.allclose(scores[:25], best[want], atol=1e-5) and set(rows[:25]) == set(want)
+            assert (np.diff(scores) <= 0).all()
+    r = np.array([[3, 1, -1], [1, 2, -1]])
+    rows, scores = merge_interests(r, np.array([[0.9, 0.5, -np.inf], [0.7, 0.6, -np.inf]], np.float32))
+    assert rows.tolist() == [3, 1, 2] and np.allclose(scores, [0.9, 0.7, 0.6])  # -1 (none) dropped

@@ -6,7 +6,12 @@ import math
 
 import torch
 
-from retrieval.losses import sampled_softmax_loss
+from retrieval.losses import interest_scores, sampled_softmax_loss
+
+
+def dot(q, c) -> float:
+    """A query's score of one candidate: the inner product, or with K interests ([K, D]) the best one."""
+    return float(q @ c) if q.dim() == 1 else max(float(k @ c) for k in q)
 
 
 def reference(query, target, weight, query_user, cand, cand_item, cand_user, cand_log_q, neg, neg_item, neg_log_q,
@@ -19,7 +24,7 @@ def reference(query, target, weight, query_user, cand, cand_item, cand_user, can
         user_items = {int(cand_item[j]) for j in range(len(cand)) if int(cand_user[j]) == user}
         logits, pos_logit = [], None
         for j in range(len(cand)):
-            s = float(query[r] @ cand[j]) - (float(cand_log_q[j]) if cand_log_q is not None else 0.0)
+            s = dot(query[r], cand[j]) - (float(cand_log_q[j]) if cand_log_q is not None else 0.0)
             s += float(cand_bonus[r, j]) if cand_bonus is not None else 0.0
             if j == t:
                 pos_logit = s
@@ -33,7 +38,7 @@ def reference(query, target, weight, query_user, cand, cand_item, cand_user, can
         for n in range(0 if neg is None else len(neg)):
             if int(neg_item[n]) == pos_item or int(neg_item[n]) in user_items:
                 continue
-            logits.append(float(query[r] @ neg[n]) - (float(neg_log_q[n]) if neg_log_q is not None else 0.0)
+            logits.append(dot(query[r], neg[n]) - (float(neg_log_q[n]) if neg_log_q is not None else 0.0)
                           + (float(neg_bonus[r, n]) if neg_bonus is not None else 0.0))
         lse = max(logits) + math.log(sum(math.exp(x - max(logits)) for x in logits))
         total += float(weight[r]) * (lse - pos_logit)
@@ -137,3 +142,22 @@ def test_sorted_join_mask_equals_the_dense_product():
         negs = torch.randint(0, 40, (50,), generator=g)
         dense = ((users[:, None] == users[None, :]).float() @ (items[:, None] == negs[None, :]).float()) > 0
         assert torch.equal(dense, _negatives_of_users_positives(users, items, users, negs))
+
+
+def test_interest_scores_are_the_best_interest():
+    g = torch.Generator().manual_seed(0)
+    q, c = torch.randn(5, 3, 4, generator=g), torch.randn(7, 4, generator=g)
+    want = torch.tensor([[max(float(q[r, k] @ c[j]) for k in range(3)) for j in range(7)] for r in range(5)])
+    assert torch.allclose(interest_scores(q, c), want, atol=1e-6)
+    assert torch.allclose(interest_scores(q[:, 0], c), q[:, 0] @ c.T)
+
+
+def test_matches_reference_with_interests():
+    """K user vectors per row: every column's logit is its best interest's, masking and logQ as before."""
+    for seed in range(3):
+        a = make(seed, R=6)
+        g = torch.Generator().manual_seed(seed)
+        a["query"] = torch.randn(6, 3, 4, generator=g, dtype=torch.float64)
+        loss = sampled_softmax_loss(**a)
+        assert torch.allclose(loss, torch.tensor(reference(**a), dtype=torch.float64))
+        assert not torch.allclose(loss, sampled_softmax_loss(**dict(a, query=a["query"][:, 0])))

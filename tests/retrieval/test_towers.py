@@ -22,8 +22,9 @@ def item_batch(n=5):
 
 def user_batch(n=4):
     g = torch.Generator().manual_seed(1)
+    hist = torch.randint(0, 11, (n, 7), generator=g)
     return {"id": torch.arange(n), "region": torch.randint(0, 9, (n,), generator=g),
-            "hist_items": torch.randint(0, 11, (n, 7), generator=g), "hist_weights": torch.rand(n, 7, generator=g)}
+            "hist_items": hist, "hist_rows": hist, "hist_weights": torch.rand(n, 7, generator=g)}
 
 
 def test_served_inner_product_is_temperature_times_training_logit():
@@ -85,3 +86,52 @@ def test_history_features_speak_for_items_without_a_learned_id():
     sparse, dense = m.configure_optimizers()
     ids = [id(p) for g in (*sparse.param_groups, *dense.param_groups) for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(m.parameters()))  # the shared table is optimised once
+
+
+def test_interests_with_zero_keys_are_the_mean_bag():
+    """InterestPooling with zero keys weighs the history as the one-vector tower does: K equal vectors, each the
+    single-vector answer of the same weights."""
+    users = dict(USERS, history_features=["cat"])
+    m = TwoTowerModel(ITEMS, users, embed_dim=8, hidden=[16], out_dim=6, interests=3).eval()
+    u = user_batch()
+    u["hist_cat"] = torch.randint(0, 4, (4, 7)) * (u["hist_rows"] > 0)  # some missing (0); padding has no codes
+    with torch.no_grad():
+        m.user_tower.pooling.key.weight.zero_()
+        multi = m.embed_users(u)  # [4, 3, 7]
+        pooling, m.user_tower.pooling = m.user_tower.pooling, None
+        single = m.embed_users(u)  # [4, 7]
+        m.user_tower.pooling = pooling
+    assert multi.shape == (4, 3, 7) and single.shape == (4, 7)
+    assert torch.allclose(multi, single[:, None].expand(-1, 3, -1), atol=1e-5)
+
+
+def test_interests_differ_ignore_padding_and_survive_an_empty_history():
+    m = TwoTowerModel(ITEMS, USERS, embed_dim=8, hidden=[16], out_dim=6, interests=4, item_bias=False).eval()
+    u = user_batch()
+    pad = torch.zeros(4, 3, dtype=torch.long)
+    padded = dict(u, hist_items=torch.cat([u["hist_items"], pad], 1), hist_rows=torch.cat([u["hist_rows"], pad], 1),
+                  hist_weights=torch.cat([u["hist_weights"], torch.ones(4, 3)], 1))
+    empty = dict(u, hist_items=torch.zeros(4, 7, dtype=torch.long), hist_rows=torch.zeros(4, 7, dtype=torch.long))
+    with torch.no_grad():
+        e = m.embed_users(u)
+        assert e.shape == (4, 4, 6) and torch.allclose(e.norm(dim=-1), torch.ones(4, 4), atol=1e-5)
+        assert (e[:, 0] - e[:, 1]).norm(dim=-1).min() > 1e-4  # random keys: the interests start (a little) apart
+        assert torch.allclose(e, m.embed_users(padded), atol=1e-6)
+        assert torch.isfinite(m.embed_users(empty)).all()
+    # An item scores its best interest's inner product, in training and in serving alike.
+    x = item_batch()
+    with torch.no_grad():
+        vecs = m.embed_items(x)
+        scores = m.served_scores(m.embed_users(u), vecs, dict(u, hist_rows=torch.zeros_like(u["hist_rows"])))
+    assert torch.allclose(scores, torch.einsum("bkd,nd->bkn", e, vecs).amax(1), atol=1e-6)
+
+
+def test_interests_need_a_history_bag_and_at_least_one():
+    import pytest
+
+    from retrieval.towers import Tower
+
+    with pytest.raises(ValueError, match="interests"):
+        Tower(USERS["features"], 8, [16], 6, ["conversion"], interests=2)
+    with pytest.raises(ValueError, match="interests must be 1 or more"):
+        TwoTowerModel(ITEMS, USERS, interests=0)

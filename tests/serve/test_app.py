@@ -33,12 +33,15 @@ def test_response_shape_and_exact_answer(client, root):
     assert len(cands) == 7 and all(isinstance(c["item_id"], int) for c in cands)  # ids typed as in the data
     scores = [c["score"] for c in cands]
     assert scores == sorted(scores, reverse=True)
-    # Exactly the brute-force top 7 of the user's full scores: inner product, and history items' own scores.
+    # Exactly the brute-force top 7 of the user's full scores: the best interest's inner product, and history
+    # items' own scores.
     users = pq.read_table(root / "v1" / "users.parquet")
     items = pq.read_table(root / "v1" / "items.parquet")
-    u = np.asarray(users.column("vector")[0].as_py(), np.float32)
     iv = np.stack(items.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
-    full = iv @ u
+    m = read_manifest(root / "v1")
+    u = np.asarray(users.column("vector")[0].as_py(), np.float32).reshape(m.interests, iv.shape[1])
+    assert m.interests == 2  # tiny.yaml: the served path with several user vectors
+    full = (iv @ u.T).max(1)
     hist = users.column("history")[0].as_py()
     full[hist] = users.column("history_score")[0].as_py()
     top = np.argsort(-full, kind="stable")[:7]
@@ -179,11 +182,13 @@ def test_new_item_is_embedded_and_retrievable(client, root):
     vec = served.index.reconstruct(len(items))
     users = pq.read_table(root / "v1" / "users.parquet")
     uv = np.stack(users.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
-    best = int(np.argmax(uv @ vec))  # the user this item suits best must get it back
+    uv = uv.reshape(len(uv), -1, len(vec))  # [U, K, D]: K interests
+    fit = (uv @ vec).max(1)  # each user's best interest's score of the new item
+    best = int(np.argmax(fit))  # the user this item suits best must get it back
     uid = users.column("user_id")[best].as_py()
     cands = client.get("/candidates", params={"user": uid, "k": 1000}).json()["candidates"]
     hit = [c for c in cands if c["item_id"] == 7_777_777]
-    assert hit and hit[0]["score"] == pytest.approx(float(uv[best] @ vec), abs=1e-5)
+    assert hit and hit[0]["score"] == pytest.approx(float(fit[best]), abs=1e-5)
     # Duplicates, missing ids and missing features are refused with a reason.
     assert client.post("/admin/items", json={"items": [new]}, headers=AUTH).status_code == 422
     assert client.post("/admin/items", json={"items": [{"category": "c1"}]}, headers=AUTH).status_code == 422
