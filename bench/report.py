@@ -37,7 +37,13 @@ def machine() -> str:
 
 
 def stamp(command: str) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    # Code changed since that commit ran too (the report and its plots under docs/ do not count).
+    if commit and git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs"):
+        commit += " with uncommitted changes"
     return (f"- machine: {machine()}\n- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
             f"- command: `{command}`\n- commit: {commit or 'uncommitted'}\n")
 
