@@ -139,7 +139,7 @@ class TwoTowerModel(L.LightningModule):
         neg = None if n is None else n[head]
         logits = softmax_logits(query, rows, batch["user_key"][rows], cand, batch["pos_item"], batch["user_key"],
                                 cand_log_q, neg, batch.get("neg_item"),
-                                batch.get("neg_log_q") if self.hparams.logq else None)  # [R, B + N]
+                                batch.get("neg_log_q") if h.logq else None)  # [R, B + N]
         loss = softmax_nll(logits, rows, weight[rows])
         if bonus is not None:
             # The term's scale is fitted on the towers' scores held fixed (a second softmax over detached
@@ -147,7 +147,7 @@ class TwoTowerModel(L.LightningModule):
             # items away to offset the term and lose their similarity structure: on the synthetic world the
             # learned scale then stays near 0 (from 0.02 at init) or, from 0.69, validation recall@100 falls to
             # 0.35 against 0.51 without the term.
-            loss = loss + softmax_nll(logits.detach() + bonus[:, :logits.shape[1]], rows, weight[rows])
+            loss = loss + softmax_nll(logits.detach() + bonus, rows, weight[rows])
         return loss
 
     def _step(self, batch: dict[str, Any]) -> dict[str, Tensor]:

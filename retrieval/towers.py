@@ -99,8 +99,7 @@ class Tower(nn.Module):
         n_hist = (history_table is not None) + len(self.history_features)
         self.pooling = InterestPooling(embed_dim * n_hist, interests) if interests > 1 else None
         self.embedder = FeatureEmbedder(features, embed_dim)
-        in_dim = self.embedder.out_dim + embed_dim * ((id_table is not None) + (history_table is not None)
-                                                      + len(self.history_features))
+        in_dim = self.embedder.out_dim + embed_dim * ((id_table is not None) + n_hist)
         if in_dim == 0:
             raise ValueError("a tower needs at least one input: an id table, a history bag or a feature")
         layers: list[nn.Module] = []
