@@ -1,4 +1,5 @@
-"""The large synthetic world shared by the performance benchmarks: 1M items, 1M users (generated once)."""
+"""The large synthetic world shared by the performance benchmarks: 1M items, 1M users (generated once), and a
+model trained briefly on it (one per number of interest vectors, trained once)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,38 @@ def data_kwargs(world: Path, **over) -> dict:
               num_workers=1, max_eval_users=1000)
     kw.update(over)
     return kw
+
+
+def checkpoint_path(interests: int = 1) -> Path:
+    """Where the big world's model with ``interests`` user vectors is kept (model.ckpt: one vector)."""
+    return BIG / ("model.ckpt" if interests == 1 else f"model-interests{interests}.ckpt")
+
+
+def train_big(steps: int, interests: int = 1, users: int = 1_000_000, items: int = 1_000_000):
+    """Train the benchmarks' model ``steps`` batches on the big world and save it to checkpoint_path(interests).
+
+    Returns (model, datamodule). Embedding sizes as configs/demo.yaml; everything else the model's defaults."""
+    import lightning as L
+    import torch
+
+    from retrieval.checkpoint_io import AtomicCheckpointIO
+    from retrieval.data import RetrievalData
+    from retrieval.model import TwoTowerModel
+
+    torch.manual_seed(0)
+    dm = RetrievalData(**data_kwargs(ensure_world(users, items)))
+    model = TwoTowerModel(dm.item_spec, dm.user_spec, embed_dim=64, hidden=[256], out_dim=64, interests=interests)
+    trainer = L.Trainer(max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        plugins=[AtomicCheckpointIO()])
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(checkpoint_path(interests))
+    return model, dm
+
+
+def ensure_checkpoint(interests: int = 1, steps: int = 300) -> Path:
+    """checkpoint_path(interests), trained ``steps`` batches first if it is not there yet."""
+    path = checkpoint_path(interests)
+    if not path.exists():
+        train_big(steps, interests)
+    return path

@@ -17,19 +17,13 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import lightning as L  # noqa: E402
-
-from bench.big_world import BIG, data_kwargs, ensure_world  # noqa: E402
+from bench.big_world import train_big  # noqa: E402
 from bench.report import publish, table  # noqa: E402
 from index.faiss_index import apply_search_params, build_index, default_search_params, measure_recall  # noqa: E402
-from retrieval.checkpoint_io import AtomicCheckpointIO  # noqa: E402
-from retrieval.data import RetrievalData  # noqa: E402
 from retrieval.embed import embed_items, embed_users  # noqa: E402
-from retrieval.model import TwoTowerModel  # noqa: E402
 
 FACTORIES = ["Flat", "HNSW32", "IVF1024,Flat", "IVF4096,SQ8"]
 
@@ -58,14 +52,7 @@ def main() -> None:
     p.add_argument("--items", type=int, default=1_000_000)
     p.add_argument("--train-steps", type=int, default=300)
     a = p.parse_args()
-    torch.manual_seed(0)
-    dm = RetrievalData(**data_kwargs(ensure_world(a.users, a.items)))
-    model = TwoTowerModel(dm.item_spec, dm.user_spec, embed_dim=64, hidden=[256], out_dim=64)
-    trainer = L.Trainer(max_steps=a.train_steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                        plugins=[AtomicCheckpointIO()])
-    trainer.fit(model, datamodule=dm)
-    trainer.save_checkpoint(BIG / "model.ckpt")  # reused by bench/serve_load.py
+    model, dm = train_big(a.train_steps, users=a.users, items=a.items)  # also reused by bench/serve_load.py
     model.eval()
     t = time.perf_counter()
     items = embed_items(model, dm.corpus, progress=False)
