@@ -62,19 +62,16 @@ def apply_search_params(index: faiss.Index, params: dict[str, Any]) -> None:
         faiss.ParameterSpace().set_index_parameter(index, name, value)
 
 
-def exact_topk(queries: np.ndarray, vectors: np.ndarray, k: int, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force top-k by inner product: ([Q, k] scores, [Q, k] rows), best first."""
+def exact_topk(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force top-k by inner product: ([Q, k] scores, [Q, k] rows), best first.
+
+    faiss.knn blocks the queries and the vectors, so its memory stays bounded where a numpy [Q, N] score matrix
+    does not (1,000 users x 4 interests against 1M items: 16 GB, and an int64 argpartition of it twice that)."""
     k = min(k, len(vectors))
-    scores = np.empty((len(queries), k), np.float32)
-    rows = np.empty((len(queries), k), np.int64)
-    for lo in range(0, len(queries), batch):
-        s = queries[lo: lo + batch] @ vectors.T  # [b, N]
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        ps = np.take_along_axis(s, part, 1)
-        order = np.argsort(-ps, axis=1, kind="stable")
-        rows[lo: lo + batch] = np.take_along_axis(part, order, 1)
-        scores[lo: lo + batch] = np.take_along_axis(ps, order, 1)
-    return scores, rows
+    if len(queries) == 0 or k == 0:
+        return np.zeros((len(queries), k), np.float32), np.zeros((len(queries), k), np.int64)
+    return faiss.knn(np.ascontiguousarray(queries, np.float32), np.ascontiguousarray(vectors, np.float32), k,
+                     metric=faiss.METRIC_INNER_PRODUCT)
 
 
 def measure_recall(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int) -> float:

@@ -25,12 +25,14 @@ def vectors(n=2000, d=16, seed=0):
 
 def test_exact_topk_matches_brute_force():
     x, q = vectors(300), vectors(20, seed=1)
-    scores, rows = exact_topk(q, x, 7, batch=6)
+    scores, rows = exact_topk(q, x, 7)
     full = q @ x.T
     for i in range(len(q)):
         want = np.argsort(-full[i], kind="stable")[:7]
         assert rows[i].tolist() == want.tolist()
         assert np.allclose(scores[i], full[i][want])
+    s5, r5 = exact_topk(q, x[:5], 7)  # k past the catalogue: all of it, ranked
+    assert r5.shape == (len(q), 5) and (r5 == np.argsort(-full[:, :5], axis=1, kind="stable")).all()
 
 
 def test_flat_index_equals_exact_search():
