@@ -195,7 +195,10 @@ def load_served(folder: str | Path) -> Served:
         popular_rows=pop_rows.astype(np.int64), popular_scores=pop.column("score").to_numpy().astype(np.float32),
     )
     # Parquet decoding leaves freed buffers in pyarrow's allocator: on 1M items and users that is ~700 MB of
-    # resident memory the service would otherwise keep (measured in bench/serve_load.py).
+    # resident memory the service would otherwise keep (measured in bench/serve_load.py). The decoded tables go
+    # first: combine_chunks copied their columns, and with four vectors per user the table's own chunks were
+    # another 0.8 GB still held when the pool was released (resident 1.57x the artifact, bench/serve_load.py).
+    del users_t, pop, purchased, history, history_score
     pa.default_memory_pool().release_unused()
     log.info("serve: loaded %s (%s): %d items, %d users, recall check %s", folder, m.model_version, m.n_items,
              m.n_users, m.recall_check)
