@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from retrieval import features
 from retrieval.contract import DataError, check_feature_table, open_table
 from retrieval.events import CONVERSION, ENGAGEMENT, DwellConfig, EventRoles, load_events
-from retrieval.history import event_weights, gather_history, positions_before, user_bounds
+from retrieval.history import event_weights, gather_history, merge_repeats, positions_before, user_bounds
 from retrieval.split import Split, temporal_split
 from retrieval.vocab import TowerVocab
 
@@ -146,9 +146,11 @@ class Corpus:
         return {k: v[rows] for k, v in self.item_inputs.items()}
 
     def user_batch(self, users: np.ndarray, end: np.ndarray, now: np.ndarray) -> dict[str, np.ndarray]:
-        """User tower inputs of user codes [B] with history events [user_start, end) seen at time ``now`` [B]."""
+        """User tower inputs of user codes [B] with history events [user_start, end) seen at time ``now`` [B]:
+        the last ``history.length`` events, each distinct item once with its events' summed weight."""
         rows, weights = gather_history(end, self.user_start[users], self.event_row + 1, self.weight, self.events.ts,
                                        now, self.history.length, self.history.half_life_days * DAY)  # [B, L]
+        rows, weights = merge_repeats(rows, weights)  # [B, W <= L]: an item's events in one slot, same bag
         out = {k: v[users] for k, v in self.user_inputs.items()}
         for k, lookup in self._hist_lookup.items():
             out[k] = lookup[rows]  # [B, L], 0 = padding or missing

@@ -61,3 +61,30 @@ def gather_history(end: np.ndarray, start: np.ndarray, hist_item: np.ndarray, hi
     decay = np.exp2(-age / np.float32(half_life_s)) if half_life_s > 0 else 1.0
     weights = np.where(valid & (items > 0), hist_weight[pos] * decay, 0.0).astype(np.float32)
     return items.astype(np.int64), weights
+
+
+def merge_repeats(items: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One slot per distinct item of each bag, with the summed weight of its events; as narrow as the widest row.
+
+    items, weights: [B, L] (item 0 = padding, weight 0 there). Returns [B, W], W = most distinct items in a row
+    (at least 1), slots packed to the right, padding on the left. Every reader of a bag weighs an item by its
+    summed weight (the mean bag, the interests' attention: w * exp(key . x) summed over an item's events is
+    (sum w) * exp(key . x); the repeat term's affinity), so each gets the same result from fewer positions.
+    A slot whose events all weigh 0 stays, with weight 0.
+    """
+    b, length = items.shape
+    order = np.argsort(items, axis=1, kind="stable")
+    s_items = np.take_along_axis(items, order, 1)
+    s_weights = np.take_along_axis(weights, order, 1)
+    real = s_items > 0
+    first = real.copy()
+    first[:, 1:] &= s_items[:, 1:] != s_items[:, :-1]  # [B, L] first event of each distinct item
+    n = first.sum(1)  # [B] distinct items per row
+    width = max(int(n.max(initial=0)), 1)
+    slot = np.cumsum(first, axis=1) - 1 + (width - n)[:, None]  # [B, L] column of each event's item
+    row = np.broadcast_to(np.arange(b)[:, None], (b, length))
+    out_items = np.zeros((b, width), items.dtype)
+    out_items[row[first], slot[first]] = s_items[first]
+    flat = (row * width + slot)[real]
+    out_weights = np.bincount(flat, weights=s_weights[real], minlength=b * width).reshape(b, width)
+    return out_items, out_weights.astype(weights.dtype)

@@ -13,10 +13,17 @@ def test_history_bags_carry_ids_and_features_of_the_same_events(tiny_world):
     users = np.arange(len(c.events.user_vocab))
     b = c.user_batch(users, c.user_end[users], np.full(len(users), c.events.ts.max() + 1))
     u = int(np.argmax(c.user_end - c.user_start))  # the user with the longest history
-    rows = c.event_row[c.user_start[u]:c.user_end[u]][-20:]  # their last 20 events, oldest first
-    assert (b["hist_items"][u] == c.item_inputs["id"][rows]).all()
+    last = slice(c.user_end[u] - 20, c.user_end[u])  # their last 20 events
+    now = c.events.ts.max() + 1
+    rows = c.event_row[last]
+    w = c.weight[last] * np.exp2(-(now - c.events.ts[last]) / (c.history.half_life_days * 86_400))  # recency decay
+    slots = b["hist_rows"][u] > 0
+    got = b["hist_rows"][u][slots] - 1  # each distinct item once, with its events' summed weight
+    assert sorted(got) == sorted(set(rows)) and len(set(rows)) < 20, "the longest history repeats items"
+    assert np.allclose(b["hist_weights"][u][slots], [w[rows == r].sum() for r in got], atol=1e-5)
+    assert (b["hist_items"][u][slots] == c.item_inputs["id"][got]).all()
     for name in c.history_features:
-        assert (b[f"hist_{name}"][u] == c.item_inputs[name][rows]).all()
+        assert (b[f"hist_{name}"][u][slots] == c.item_inputs[name][got]).all()
     # An item launched after training has no learned id but keeps its features in the bag.
     no_id = (b["hist_items"] == 0) & (b["hist_weights"] > 0)
     assert no_id.any(), "the tiny world has items launched after the training window"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from retrieval.history import merge_repeats
 from retrieval.model import TwoTowerModel
 
 ITEMS = {"n_ids": 11, "features": [{"name": "cat", "kind": "categorical", "width": 4},
@@ -135,3 +137,20 @@ def test_interests_need_a_history_bag_and_at_least_one():
         Tower(USERS["features"], 8, [16], 6, ["conversion"], interests=2)
     with pytest.raises(ValueError, match="interests must be 1 or more"):
         TwoTowerModel(ITEMS, USERS, interests=0)
+
+
+@pytest.mark.parametrize("interests", [1, 3])
+def test_a_bag_with_repeats_merged_gives_the_same_user(interests):
+    """merge_repeats keeps one slot per item with the summed weight: the mean bag and the interests' attention
+    weigh an item by that sum, so the user is the same from the narrower bag."""
+    m = TwoTowerModel(ITEMS, USERS, embed_dim=8, hidden=[16], out_dim=6, interests=interests).eval()
+    g = torch.Generator().manual_seed(2)
+    hist = torch.randint(0, 5, (4, 12), generator=g)  # 12 events over 4 items: many repeats, some padding
+    u = {"id": torch.arange(4), "region": torch.randint(0, 9, (4,), generator=g),
+         "hist_items": hist, "hist_rows": hist, "hist_weights": torch.rand(4, 12, generator=g)}
+    items, weights = merge_repeats(hist.numpy(), u["hist_weights"].numpy())
+    assert items.shape[1] <= 4 < hist.shape[1]
+    merged = dict(u, hist_items=torch.from_numpy(items), hist_rows=torch.from_numpy(items),
+                  hist_weights=torch.from_numpy(weights))
+    with torch.no_grad():
+        assert torch.allclose(m.embed_users(u), m.embed_users(merged), atol=1e-5)
