@@ -2,7 +2,7 @@
 
     python bench/soak.py [--checkpoint CKPT] [--seconds 60] [--conns 16]
 
-Builds two artifact versions from one checkpoint (v1 Flat, v2 HNSW32; default checkpoint: the demo's best),
+Builds two artifact versions from one checkpoint (v1 Flat, v2 HNSW32; default checkpoint: the newest best of the demo and of the quality report's full model on synth),
 starts `python -m serve` on 127.0.0.1 with an admin token, and drives it from ``conns`` keep-alive connections
 over known and unknown users. A third of the way in it swaps to v2; two thirds in it adds a new item. Every
 answer is checked against the answer its reported version gives (computed in-process beforehand), so a
@@ -86,7 +86,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=50)
     a = p.parse_args()
     found = [*(ROOT / "work").glob("demo/runs/demo/version_*/checkpoints/best.ckpt"),
-             *(ROOT / "work").glob("bench/synth/runs/two-tower_full/log/version_*/checkpoints/best*.ckpt")]
+             *(ROOT / "work").glob("bench/synth/runs/two-tower_full/select/log/version_*/checkpoints/best.ckpt")]
     if not a.checkpoint and not found:
         sys.exit("no checkpoint: run `make demo` first or pass --checkpoint")
     ckpt = a.checkpoint or str(max(found, key=lambda x: x.stat().st_mtime))
