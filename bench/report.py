@@ -36,16 +36,27 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{mem}, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
-def stamp(command: str) -> str:
+def _code_state() -> str:
+    """The commit checked out, and whether code outside docs/ differs from it (the report does not count)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD")
-    # Code changed since that commit ran too (the report and its plots under docs/ do not count).
     if commit and git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs"):
         commit += " with uncommitted changes"
+    return commit or "uncommitted"
+
+
+# Read when a benchmark starts, not when it publishes: a run takes up to an hour, and a commit made meanwhile is
+# not the code that ran.
+STARTED_ON = _code_state()
+
+
+def stamp(command: str) -> str:
+    now = _code_state()
+    commit = STARTED_ON if now == STARTED_ON else f"{STARTED_ON} (the checkout changed to {now} during the run)"
     return (f"- machine: {machine()}\n- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
-            f"- command: `{command}`\n- commit: {commit or 'uncommitted'}\n")
+            f"- command: `{command}`\n- commit: {commit}\n")
 
 
 def write_section(name: str, body: str) -> None:
