@@ -102,7 +102,7 @@ class Served:
         return None, self.item_id_list(rows), scores.tolist()
 
     @cached_property
-    def _trained(self):  # retrieval.checkpoint.Trained
+    def model(self):  # retrieval.checkpoint.Trained: embeds added items (loaded on first use)
         from retrieval.checkpoint import CheckpointError, load_trained
 
         try:
@@ -117,7 +117,7 @@ class Served:
         from retrieval.data import to_torch
         from retrieval.vocab import TowerVocab
 
-        trained = self._trained
+        trained = self.model
         key = table.column("item_id")
         if key.null_count:
             raise DataError("new items: item_id must be set on every item")
@@ -142,7 +142,7 @@ class Served:
         index = faiss.clone_index(self.index)  # copy-on-write: requests in flight keep the old index
         index.add(vecs)
         out = replace(self, index=index, item_ids=np.concatenate([self.item_ids, new_ids]), added=self.added + len(ids))
-        out.__dict__["_trained"] = trained  # share the loaded model with the new version
+        out.__dict__["model"] = trained  # share the loaded model with the new version
         return out
 
 
