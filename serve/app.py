@@ -57,32 +57,29 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
     swap_lock = asyncio.Lock()
 
-    def warm_model(served: Served) -> None:
-        """With the admin endpoints on, load the model that embeds added items in the background: on first use
-        it imports torch and lightning and reads the weights inside the request (27 s beside 16 busy
-        connections in bench/soak.py). Without an admin token no item can be added, and the memory stays free."""
-        if settings.admin_token is None:
-            return
-
-        async def load() -> None:
+    def load(path: Path) -> Served:
+        """An artifact, and with the admin endpoints on the model that embeds added items too: on first use it
+        imports torch and lightning and reads the weights inside the request (27 s beside 16 busy connections
+        in bench/soak.py), and loaded in the background after readiness it slowed the first requests instead.
+        Without an admin token no item can be added, and that memory stays free."""
+        served = load_served(path)
+        if settings.admin_token is not None:
             try:
-                await run_in_threadpool(lambda: served.model)
-            except ArtifactError as e:  # /admin/items will answer 409 with the same reason
+                _ = served.model  # cached on the Served: later adds reuse it
+            except ArtifactError as e:  # candidates still work; /admin/items answers 409 with this reason
                 log.error("serve: the model of %s cannot be loaded for new items: %s", served.model_version, e)
-
-        app.state.warming = asyncio.create_task(load())  # a reference: the loop keeps only weak ones
+        return served
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.served = await run_in_threadpool(load_served, settings.artifacts)
+        app.state.served = await run_in_threadpool(load, settings.artifacts)
         metrics.set_version(app.state.served.model_version)
-        warm_model(app.state.served)
         yield
         app.state.served = None
 
     app = FastAPI(title="Conversion candidate retrieval", version="0.1.0", lifespan=lifespan,
                   description="Top-k conversion candidates per user for the ranking stage.")
-    app.state.served, app.state.warming = None, None
+    app.state.served = None
     app.add_middleware(Metrics.Middleware, metrics=metrics)
 
     def served_now(request: Request) -> Served:
@@ -162,14 +159,13 @@ def create_app(settings: Settings) -> FastAPI:
         async with swap_lock:
             old = request.app.state.served
             try:
-                new = await run_in_threadpool(load_served, path)
+                new = await run_in_threadpool(load, path)
             except ArtifactError as e:
                 metrics.swap_failures.inc()
                 log.error("serve: swap to %s refused, still serving %s: %s", path, old and old.model_version, e)
                 raise HTTPException(409, f"artifact refused, still serving the previous version: {e}") from None
             request.app.state.served = new  # one reference assignment: requests see old or new, never a mix
             metrics.set_version(new.model_version)
-            warm_model(new)
         log.info("serve: swapped %s -> %s", old and old.model_version, new.model_version)
         return _json({"model_version": new.model_version, "previous": old and old.model_version})
 
