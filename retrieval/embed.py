@@ -66,11 +66,8 @@ def user_history(model: TwoTowerModel, x: dict[str, np.ndarray], user_vecs: np.n
     batch (an item's inner product is its best interest's)."""
     if model.repeat_raw is None:
         return UserHistory(np.zeros(len(user_vecs) + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
-    per_user = history_items(x["hist_rows"], x["hist_weights"])
-    offsets = np.concatenate([[0], np.cumsum([len(r) for r, _ in per_user])]).astype(np.int64)
-    rows = np.concatenate([np.zeros(0, np.int64), *(r for r, _ in per_user)])
-    weights = np.concatenate([np.zeros(0, np.float32), *(w for _, w in per_user)])
-    owner = np.repeat(np.arange(len(per_user)), np.diff(offsets))  # [H] the user of each history item
+    offsets, rows, weights = history_items(x["hist_rows"], x["hist_weights"])
+    owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))  # [H] the user of each history item
     inner = np.einsum("hd,hkd->hk", item_vecs[rows], user_vecs[owner]).max(1, initial=-np.inf)
     scores = inner + model.repeat_term(torch.from_numpy(weights)).numpy()
     return UserHistory(offsets, rows.astype(np.int32), scores.astype(np.float32))

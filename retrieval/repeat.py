@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from retrieval.history import merge_repeats
+
 
 def history_affinity(hist_rows: Tensor, hist_weights: Tensor, cand_rows: Tensor) -> Tensor:
     """[B, N] summed weight of each candidate in each row's history bag.
@@ -35,14 +37,13 @@ def history_affinity(hist_rows: Tensor, hist_weights: Tensor, cand_rows: Tensor)
     return out[:, inverse]
 
 
-def history_items(hist_rows: np.ndarray, hist_weights: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per row of a history bag ([B, L] as above): its distinct catalogue rows and their summed weight."""
-    out = []
-    for rows, w in zip(hist_rows, hist_weights, strict=True):
-        keep = (rows > 0) & (w > 0)
-        items, inv = np.unique(rows[keep] - 1, return_inverse=True)
-        out.append((items, np.bincount(inv, weights=w[keep], minlength=len(items)).astype(np.float32)))
-    return out
+def history_items(hist_rows: np.ndarray, hist_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's distinct catalogue rows (ascending) with their summed weight, as CSR over a history bag ([B, L]
+    as above): offsets [B + 1], rows [H], weights [H]. Items whose events weigh nothing are left out."""
+    items, weights = merge_repeats(hist_rows, hist_weights)  # a no-op on corpus.user_batch's merged bags
+    keep = weights > 0  # [B, W]; padding weighs 0
+    offsets = np.concatenate([[0], np.cumsum(keep.sum(1))]).astype(np.int64)
+    return offsets, items[keep] - 1, weights[keep]
 
 
 def repeat_scale(raw: Tensor) -> Tensor:

@@ -21,8 +21,9 @@ from index.artifact import ArtifactError, Manifest, read_manifest
 from index.faiss_index import apply_search_params, merge_history, merge_interests
 from retrieval.contract import DataError
 
-# torch, Lightning and the model are imported only when new items are embedded (with_items): the answering
-# path needs FAISS and numpy alone, and the service stays some 300 MB lighter without them.
+# torch, Lightning and the model are imported only for embedding new items (Served.model, with_items; the app
+# loads it with the artifact when its admin endpoints are on): the answering path needs FAISS and numpy alone,
+# and a service without admin stays some 300 MB lighter.
 
 log = logging.getLogger(__name__)
 

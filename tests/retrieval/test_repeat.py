@@ -45,7 +45,10 @@ def test_dense_affinity_matches_brute_force_over_the_catalogue():
 def test_history_items_are_distinct_rows_with_summed_weights():
     rows, weights = bag(2)
     dense = brute(rows, weights, torch.arange(12)).numpy()
-    for b, (items, w) in enumerate(history_items(rows.numpy(), weights.numpy())):
+    offsets, all_items, all_w = history_items(rows.numpy(), weights.numpy())
+    assert len(offsets) == len(rows) + 1 and offsets[1] == 0  # row 0 has no history
+    for b in range(len(rows)):
+        items, w = all_items[offsets[b]:offsets[b + 1]], all_w[offsets[b]:offsets[b + 1]]
         assert (np.diff(items) > 0).all()
         assert set(items.tolist()) == set(np.flatnonzero(dense[b] > 0).tolist())
         assert np.allclose(w, dense[b, items], atol=1e-6)
