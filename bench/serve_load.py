@@ -6,8 +6,10 @@ Needs wrk (Debian package). For each number of user vectors (interest vectors: t
 search per vector and merges them), takes the big world's model (bench/big_world.py; trained once, 300 steps),
 builds its artifact (again when the artifact format changed), starts `python -m serve` on 127.0.0.1 and drives
 it with wrk at 1 and 16 connections over random known and unknown users (k=100). Then starts the same FastAPI +
-uvicorn stack answering a pre-serialised response of the same size (the HTTP ceiling) and drives it the same
-way. Load generator and server share this machine's cores.
+uvicorn stack answering a pre-serialised response of the same size from an async endpoint, as the service's is
+(the HTTP ceiling), and drives it the same way; and once more from a plain def endpoint, which FastAPI runs in
+its threadpool (what the service paid per request before it answered on the event loop). Load generator and
+server share this machine's cores.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from fastapi.responses import Response
 body = open(sys.argv[1], "rb").read()
 app = FastAPI()
 @app.get("/candidates")
-def candidates(user: str, k: int = 100) -> Response:
+%s candidates(user: str, k: int = 100) -> Response:
     return Response(body, media_type="application/json")
 @app.get("/readyz")
 def ready() -> dict:
@@ -120,6 +122,17 @@ def drive_service(art: Path, port: int, seconds: int, script: Path) -> tuple[dic
     return rows, sample, rss_idle, rss_loaded, data_mib
 
 
+def drive_constant(kind: str, body: Path, port: int, seconds: int, script: Path) -> dict:
+    """wrk rows {connections: result} of the constant-response app, its endpoint declared as ``kind``."""
+    ceil = subprocess.Popen([sys.executable, "-c", CEILING % kind, str(body), str(port)], cwd=ROOT)
+    try:
+        wait_ready(port)
+        return {c: wrk(port, c, seconds, str(script)) for c in (1, 16)}
+    finally:
+        ceil.terminate()
+        ceil.wait()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--factory", default="HNSW32")
@@ -140,13 +153,7 @@ def main() -> None:
                       f"user embeddings on disk {data_mib:,.0f} MiB (ratio {loaded / data_mib:.2f})")
     body = script.parent / "body.json"
     body.write_bytes(samples[ks[0]])
-    ceil = subprocess.Popen([sys.executable, "-c", CEILING, str(body), str(a.port)], cwd=ROOT)
-    try:
-        wait_ready(a.port)
-        ceiling = {c: wrk(a.port, c, a.seconds, str(script)) for c in (1, 16)}
-    finally:
-        ceil.terminate()
-        ceil.wait()
+    ceiling, threadpool = (drive_constant(kind, body, a.port, a.seconds, script) for kind in ("async def", "def"))
 
     def row(name: str, c: int, r: dict, ref: dict | None) -> list:
         vs_ref = f"{r['rps'] / ref[c]['rps']:.2f}" if ref else "-"
@@ -155,7 +162,8 @@ def main() -> None:
 
     md_rows = [row(f"service, {k} user vector{'s' if k > 1 else ''}", c, runs[k][c], runs[ks[0]])
                for k in ks for c in (1, 16)]
-    md_rows += [row("constant response (ceiling)", c, ceiling[c], None) for c in (1, 16)]
+    md_rows += [row("constant response, async endpoint (ceiling)", c, ceiling[c], None) for c in (1, 16)]
+    md_rows += [row("constant response, plain def endpoint (threadpool)", c, threadpool[c], None) for c in (1, 16)]
     m = manifests[ks[0]]
     publish("serve_load", "Serving under load", [
           f"Artifacts: {m['n_items']:,} items, {n_users:,} users, `{m['factory']}` (measured recall@"

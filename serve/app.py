@@ -90,7 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     allowed = {"user", "k", "exclude_purchased"}
 
-    def strict_query(request: Request) -> None:
+    async def strict_query(request: Request) -> None:  # async: a plain def would cost a threadpool hop
         """Unknown or repeated parameters are errors: a typo like ?K=10 must not silently mean k=100."""
         keys = [k for k, _ in request.query_params.multi_items()]
         unknown = sorted(set(keys) - allowed)
@@ -102,13 +102,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/candidates", response_model=CandidatesResponse, dependencies=[Depends(strict_query)],
              responses={503: {"description": "no artifact loaded yet"}}, summary="Top-k candidates for a user")
-    def candidates(
+    async def candidates(
         request: Request,
         user: Annotated[str, Query(min_length=1, max_length=settings.max_user_len, description="user id")],
         k: Annotated[int, Query(ge=1, le=settings.max_k, description="number of candidates")] = settings.default_k,
         exclude_purchased: Annotated[bool, Query(description="drop items the user already converted on")] = False,
     ) -> Response:
-        # A plain def runs in the threadpool: FAISS never holds the event loop.
+        # An async def answers on the event loop: a search takes ~0.1 ms (one vector) to ~0.25 ms (four), and
+        # handing it to the threadpool cost ~0.15 ms a request on its own; requests/s at 16 connections rose
+        # 1.6-1.8x (bench/serve_load.py). One process answers on one core; scale out with replicas.
         served = served_now(request)
         uid = served.users.parse(user)
         fallback, ids, scores = served.candidates(uid, k, exclude_purchased)
@@ -118,18 +120,18 @@ def create_app(settings: Settings) -> FastAPI:
                       "fallback": fallback, "candidates": [{"item_id": i, "score": s} for i, s in zip(ids, scores, strict=True)]})
 
     @app.get("/healthz", summary="Alive")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz", summary="Artifact loaded", responses={503: {"description": "no artifact loaded yet"}})
-    def readyz(request: Request) -> Response:
+    async def readyz(request: Request) -> Response:
         s = request.app.state.served
         if s is None:
             return _json({"status": "loading"}, 503)
         return _json({"status": "ready", "model_version": s.model_version, "n_items": int(s.index.ntotal)})
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-    def prometheus() -> Response:
+    async def prometheus() -> Response:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from index.artifact import ArtifactError, Manifest, read_manifest
-from index.faiss_index import apply_search_params, merge_history, merge_interests
+from index.faiss_index import apply_search_params, isin_few, merge_history, merge_interests
 from retrieval.contract import DataError
 
 # torch, Lightning and the model are imported only for embedding new items (Served.model, with_items; the app
@@ -97,7 +97,7 @@ class Served:
         scores, rows = self.index.search(self.user_vecs[row], want)  # [K, want]
         rows, scores = merge_history(*merge_interests(rows, scores), hist_rows, hist_scores, want)
         if exclude_purchased and len(bought):
-            keep = ~np.isin(rows, bought)
+            keep = ~isin_few(rows, bought)
             rows, scores = rows[keep], scores[keep]
         rows, scores = rows[:k], scores[:k]
         return None, self.item_id_list(rows), scores.tolist()

@@ -11,6 +11,7 @@ from index.faiss_index import (
     default_search_params,
     exact_topk,
     gpu_count,
+    isin_few,
     measure_recall,
     merge_history,
     merge_interests,
@@ -77,6 +78,14 @@ def test_gpu_build_equals_cpu_build():
     ivf = build_index(x, "IVF64,Flat", use_gpu=True)
     apply_search_params(ivf, {"nprobe": 16})
     assert measure_recall(ivf, x, q, 10) > 0.9
+
+
+def test_isin_few_matches_numpy_isin():
+    rng = np.random.default_rng(5)
+    for n_members in (0, 1, 3, 40):
+        values = rng.integers(-1, 60, 200)  # -1: a search's empty slot
+        members = rng.choice(60, n_members, replace=False)
+        assert np.array_equal(isin_few(values, members), np.isin(values, members))
 
 
 def test_merge_history_is_the_exact_top_k_of_the_full_scores():
