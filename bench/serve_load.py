@@ -1,15 +1,15 @@
 """Serving under load: the real service with a 1M-item index against the same stack answering a constant.
 
-    python bench/serve_load.py [--factory HNSW32] [--seconds 10] [--interests 1,4]
+    python bench/serve_load.py [--factory HNSW32] [--seconds 5] [--rounds 3] [--interests 1,4]
 
 Needs wrk (Debian package). For each number of user vectors (interest vectors: the service runs one index
 search per vector and merges them), takes the big world's model (bench/big_world.py; trained once, 300 steps),
-builds its artifact (again when the artifact format changed), starts `python -m serve` on 127.0.0.1 and drives
-it with wrk at 1 and 16 connections over random known and unknown users (k=100). Then starts the same FastAPI +
-uvicorn stack answering a pre-serialised response of the same size from an async endpoint, as the service's is
-(the HTTP ceiling), and drives it the same way; and once more from a plain def endpoint, which FastAPI runs in
-its threadpool (what the service paid per request before it answered on the event loop). Load generator and
-server share this machine's cores.
+builds its artifact (again when the artifact format changed) and starts `python -m serve` on 127.0.0.1. Beside
+them it starts the same FastAPI + uvicorn stack answering a pre-serialised response of the same size from an
+async endpoint, as the service's is (the HTTP ceiling), and once more from a plain def endpoint, which FastAPI
+runs in its threadpool (what the service paid per request before it answered on the event loop). wrk drives
+each at 1 and 16 connections over random known and unknown users (k=100), the rows taking turns for a few
+rounds. Load generator and servers share this machine's cores.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -104,40 +106,31 @@ def ensure_artifact(interests: int, factory: str) -> Path:
     return art
 
 
-def drive_service(art: Path, port: int, seconds: int, script: Path) -> tuple[dict, bytes, float, float, float]:
-    """wrk rows {connections: result} of the real service on ``art``, a sample answer, resident MiB after load
-    and after the runs, and the MiB of index + embeddings on disk."""
-    data_mib = sum((art / f).stat().st_size for f in ("index.faiss", "items.parquet", "users.parquet")) / 2**20
-    srv = subprocess.Popen([sys.executable, "-m", "serve", "--artifacts", str(art), "--port", str(port),
-                            "--log_level", "warning"], cwd=ROOT)
+def start(cmd: list[str], port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, cwd=ROOT)
     try:
         wait_ready(port)
-        rss_idle = rss_mib(srv.pid)
-        sample = urllib.request.urlopen(f"http://127.0.0.1:{port}/candidates?user=1&k=100").read()
-        rows = {c: wrk(port, c, seconds, str(script)) for c in (1, 16)}
-        rss_loaded = rss_mib(srv.pid)
-    finally:
-        srv.terminate()
-        srv.wait()
-    return rows, sample, rss_idle, rss_loaded, data_mib
+    except RuntimeError:
+        proc.terminate()
+        raise
+    return proc
 
 
-def drive_constant(kind: str, body: Path, port: int, seconds: int, script: Path) -> dict:
-    """wrk rows {connections: result} of the constant-response app, its endpoint declared as ``kind``."""
-    ceil = subprocess.Popen([sys.executable, "-c", CEILING % kind, str(body), str(port)], cwd=ROOT)
-    try:
-        wait_ready(port)
-        return {c: wrk(port, c, seconds, str(script)) for c in (1, 16)}
-    finally:
-        ceil.terminate()
-        ceil.wait()
+def combine(runs: list[dict]) -> dict:
+    """One row from a server's rounds: the median of each figure, errors summed."""
+    out = {key: float(np.median([r[key] for r in runs])) for key in ("rps", "p50", "p90", "p99")}
+    out["low"], out["high"] = min(r["rps"] for r in runs), max(r["rps"] for r in runs)
+    out["errors"] = sum(r["errors"] for r in runs)
+    out["socket"] = "; ".join(sorted({r["socket"] for r in runs} - {"none"})) or "none"
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--factory", default="HNSW32")
-    p.add_argument("--seconds", type=int, default=10)
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--seconds", type=int, default=5, help="wrk seconds per row and round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over all rows (the table shows medians)")
+    p.add_argument("--port", type=int, default=8765, help="first of the consecutive ports the servers take")
     p.add_argument("--interests", default="1,4", help="user vectors per model, comma-separated (first = reference)")
     a = p.parse_args()
     ks = [int(k) for k in a.interests.split(",")]
@@ -146,35 +139,57 @@ def main() -> None:
     n_users = manifests[ks[0]]["n_users"]
     script = Path(tempfile.mkdtemp()) / "users.lua"
     script.write_text(LUA % n_users)
-    runs, samples, memory = {}, {}, []
-    for k, art in arts.items():
-        runs[k], samples[k], idle, loaded, data_mib = drive_service(art, a.port, a.seconds, script)
-        memory.append(f"{k} vector(s): {idle:,.0f} MiB after load, {loaded:,.0f} MiB after the runs; index + item and "
-                      f"user embeddings on disk {data_mib:,.0f} MiB (ratio {loaded / data_mib:.2f})")
     body = script.parent / "body.json"
-    body.write_bytes(samples[ks[0]])
-    ceiling, threadpool = (drive_constant(kind, body, a.port, a.seconds, script) for kind in ("async def", "def"))
+    names = [f"service, {k} user vector{'s' if k > 1 else ''}" for k in ks]
+    names += ["constant response, async endpoint (ceiling)", "constant response, plain def endpoint (threadpool)"]
+    ports = {name: a.port + i for i, name in enumerate(names)}
+    procs, idle = {}, {}
+    try:
+        # Every server stays up through the measurement and the rows take turns, round after round: a
+        # disturbance of this shared machine then moves one round of every row, not all rounds of one row.
+        for k, name in zip(ks, names, strict=False):
+            procs[name] = start([sys.executable, "-m", "serve", "--artifacts", str(arts[k]), "--port",
+                                 str(ports[name]), "--log_level", "warning"], ports[name])
+            idle[name] = rss_mib(procs[name].pid)
+        body.write_bytes(urllib.request.urlopen(f"http://127.0.0.1:{ports[names[0]]}/candidates?user=1&k=100").read())
+        for name, kind in zip(names[len(ks):], ("async def", "def"), strict=True):
+            procs[name] = start([sys.executable, "-c", CEILING % kind, str(body), str(ports[name])], ports[name])
+        rounds = {(name, c): [] for name in names for c in (1, 16)}
+        for _ in range(a.rounds):
+            for (name, c), runs in rounds.items():
+                runs.append(wrk(ports[name], c, a.seconds, str(script)))
+        loaded = {name: rss_mib(procs[name].pid) for name in names[:len(ks)]}
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait()
+    rows = {key: combine(runs) for key, runs in rounds.items()}
+    ceiling, reference = names[len(ks)], names[0]
 
-    def row(name: str, c: int, r: dict, ref: dict | None) -> list:
-        vs_ref = f"{r['rps'] / ref[c]['rps']:.2f}" if ref else "-"
-        return [name, c, f"{r['rps']:,.0f}", f"{r['rps'] / ceiling[c]['rps']:.2f}", vs_ref, f"{r['p50']:.2f}",
-                f"{r['p90']:.2f}", f"{r['p99']:.2f}", r["errors"], r["socket"]]
+    def row(name: str, c: int) -> list:
+        r = rows[(name, c)]
+        vs_ref = f"{r['rps'] / rows[(reference, c)]['rps']:.2f}" if name in names[:len(ks)] else "-"
+        return [name, c, f"{r['rps']:,.0f} ({r['low']:,.0f}-{r['high']:,.0f})",
+                f"{r['rps'] / rows[(ceiling, c)]['rps']:.2f}", vs_ref, f"{r['p50']:.2f}", f"{r['p90']:.2f}",
+                f"{r['p99']:.2f}", r["errors"], r["socket"]]
 
-    md_rows = [row(f"service, {k} user vector{'s' if k > 1 else ''}", c, runs[k][c], runs[ks[0]])
-               for k in ks for c in (1, 16)]
-    md_rows += [row("constant response, async endpoint (ceiling)", c, ceiling[c], None) for c in (1, 16)]
-    md_rows += [row("constant response, plain def endpoint (threadpool)", c, threadpool[c], None) for c in (1, 16)]
+    memory = []
+    for k, name in zip(ks, names, strict=False):
+        data_mib = sum((arts[k] / f).stat().st_size for f in ("index.faiss", "items.parquet", "users.parquet")) / 2**20
+        memory.append(f"{k} vector(s): {idle[name]:,.0f} MiB after load, {loaded[name]:,.0f} MiB after the runs; index "
+                      f"+ item and user embeddings on disk {data_mib:,.0f} MiB (ratio {loaded[name] / data_mib:.2f})")
     m = manifests[ks[0]]
     publish("serve_load", "Serving under load", [
           f"Artifacts: {m['n_items']:,} items, {n_users:,} users, `{m['factory']}` (measured recall@"
           f"{m['recall_check']['k']}: " + ", ".join(f"{manifests[k]['recall_check']['recall']} with {k} vector(s)"
                                                      for k in ks) +
           f"), dim {m['embedding_dim']}; one model per number of user vectors (one index search per vector, merged "
-          f"by best score). wrk {a.seconds} s per row, k=100, 80% known users / 20% unknown (popularity fallback); "
-          f"response {len(samples[ks[0]]):,} bytes. wrk and the server share {os.cpu_count()} cores; "
-          f"'to {ks[0]} vector' compares requests/s within this run.", "",
-          table(["server", "connections", "requests/s", "ratio to ceiling", f"to {ks[0]} vector", "p50 ms", "p90 ms",
-                 "p99 ms", "non-2xx", "socket errors"], md_rows), "",
+          f"by best score). wrk {a.seconds} s per row in each of {a.rounds} rounds (all servers up, rows taking "
+          f"turns); each figure is the median over the rounds, with the range of requests/s in brackets. k=100, "
+          f"80% known users / 20% unknown (popularity fallback); response {body.stat().st_size:,} bytes. wrk and "
+          f"the servers share {os.cpu_count()} cores; 'to {ks[0]} vector' compares requests/s within this run.", "",
+          table(["server", "connections", "requests/s (range)", "ratio to ceiling", f"to {ks[0]} vector", "p50 ms",
+                 "p90 ms", "p99 ms", "non-2xx", "socket errors"], [row(n, c) for n in names for c in (1, 16)]), "",
           "Service resident memory: " + "; ".join(memory) + ".", ""])
 
 
