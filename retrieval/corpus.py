@@ -121,6 +121,7 @@ class Corpus:
         # History bags gather catalogue rows (+1; 0 = padding) and read ids and features through these lookups.
         self.history_features = [e["name"] for e in self.item_vocab.encoders
                                  if history.item_features and e["kind"] in ("categorical", "hashed")]
+        self._hist_row = self.event_row + 1  # [E] built once: per batch, on 11M events, it cost 10 of 13 ms
         self._hist_lookup = {"hist_items": np.concatenate([[0], self.item_inputs["id"]]),
                              **{f"hist_{k}": np.concatenate([[0], self.item_inputs[k]]) for k in self.history_features}}
         self.weight = event_weights(ev, dwell_weighting.kind, dwell_weighting.t_max, dwell_weighting.threshold)
@@ -148,7 +149,7 @@ class Corpus:
     def user_batch(self, users: np.ndarray, end: np.ndarray, now: np.ndarray) -> dict[str, np.ndarray]:
         """User tower inputs of user codes [B] with history events [user_start, end) seen at time ``now`` [B]:
         the last ``history.length`` events, each distinct item once with its events' summed weight."""
-        rows, weights = gather_history(end, self.user_start[users], self.event_row + 1, self.weight, self.events.ts,
+        rows, weights = gather_history(end, self.user_start[users], self._hist_row, self.weight, self.events.ts,
                                        now, self.history.length, self.history.half_life_days * DAY)  # [B, L]
         rows, weights = merge_repeats(rows, weights)  # [B, W <= L]: an item's events in one slot, same bag
         out = {k: v[users] for k, v in self.user_inputs.items()}
