@@ -1,5 +1,5 @@
 """The large synthetic world shared by the performance benchmarks: 1M items, 1M users (generated once), and a
-model trained briefly on it (one per number of interest vectors, trained once)."""
+model trained briefly on it (one per number of interest vectors, trained once), all under the world's folder."""
 
 from __future__ import annotations
 
@@ -14,9 +14,14 @@ ITEM_FEATURES = [{"name": "category", "kind": "categorical"}, {"name": "brand", 
 USER_FEATURES = [{"name": "region", "kind": "categorical"}]
 
 
+def world_path(users: int = 1_000_000, items: int = 1_000_000) -> Path:
+    """The folder of the world of that size: its Parquet files, and the models and artifacts made from it."""
+    return BIG / f"u{users}_i{items}"
+
+
 def ensure_world(users: int = 1_000_000, items: int = 1_000_000) -> Path:
     """A world with about 10 events a user (two sessions on average): 10M+ events."""
-    out = BIG / f"u{users}_i{items}"
+    out = world_path(users, items)
     if not (out / "events.parquet").exists():
         generate(out, WorldConfig(users=users, items=items, categories=200, brands_per_category=20,
                                   sessions_per_user=2.0, views_per_session=3, chunk_users=20_000, seed=1))
@@ -35,13 +40,14 @@ def data_kwargs(world: Path, **over) -> dict:
     return kw
 
 
-def checkpoint_path(interests: int = 1) -> Path:
-    """Where the big world's model with ``interests`` user vectors is kept (model.ckpt: one vector)."""
-    return BIG / ("model.ckpt" if interests == 1 else f"model-interests{interests}.ckpt")
+def checkpoint_path(interests: int = 1, users: int = 1_000_000, items: int = 1_000_000) -> Path:
+    """Where the model with ``interests`` user vectors of the world of that size is kept: a smaller
+    `bench/index_build.py --users/--items` run does not overwrite the 1M model that serve_load reuses."""
+    return world_path(users, items) / f"model-interests{interests}.ckpt"
 
 
 def train_big(steps: int, interests: int = 1, users: int = 1_000_000, items: int = 1_000_000):
-    """Train the benchmarks' model ``steps`` batches on the big world and save it to checkpoint_path(interests).
+    """Train the benchmarks' model ``steps`` batches on the big world and save it to checkpoint_path(...).
 
     Returns (model, datamodule). Embedding sizes as configs/demo.yaml; everything else the model's defaults."""
     import lightning as L
@@ -58,7 +64,7 @@ def train_big(steps: int, interests: int = 1, users: int = 1_000_000, items: int
                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
                         plugins=[AtomicCheckpointIO()])
     trainer.fit(model, datamodule=dm)
-    trainer.save_checkpoint(checkpoint_path(interests))
+    trainer.save_checkpoint(checkpoint_path(interests, users, items))
     return model, dm
 
 

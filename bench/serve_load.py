@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.big_world import BIG, ensure_checkpoint  # noqa: E402
+from bench.big_world import ensure_checkpoint  # noqa: E402
 from bench.report import ROOT, publish, table  # noqa: E402
 
 LUA = """
@@ -96,7 +96,7 @@ def ensure_artifact(interests: int, factory: str) -> Path:
     from index.build import build
 
     ckpt = ensure_checkpoint(interests)
-    art = BIG / f"artifact-interests{interests}-{factory.replace(',', '_')}"
+    art = ckpt.parent / f"artifact-interests{interests}-{factory.replace(',', '_')}"
     manifest = art / "manifest.json"
     if manifest.exists() and (json.loads(manifest.read_text()).get("format_version") != FORMAT_VERSION
                               or manifest.stat().st_mtime < ckpt.stat().st_mtime):
