@@ -39,12 +39,16 @@ def with_popularity_fallback(scorer: Scorer, corpus: Corpus) -> Scorer:
     the service gives them conversion popularity (serve/store.py, ``fallback: "popular"``); everyone else gets
     ``scorer``'s scores. Scoring the model's empty-history query for them would measure an answer nobody serves."""
 
+    popular: dict[int, Scorer] = {}  # by window start: counted once, not again for every batch
+
     def score(i: np.ndarray, es: EvalSet) -> np.ndarray:
         s = scorer(i, es)
         unknown = es.end[i] == corpus.user_start[es.users[i]]  # [B] no event before the window
         if unknown.any():
             s = np.array(s, np.float32)  # a writable copy (a scorer may return a broadcast view)
-            s[unknown] = popularity_scorer(corpus, es.now)(i[unknown], es)
+            if es.now not in popular:
+                popular[es.now] = popularity_scorer(corpus, es.now)
+            s[unknown] = popular[es.now](i[unknown], es)
         return s
 
     return score

@@ -78,3 +78,10 @@ def test_popularity_fallback_scores_unknown_users_as_the_service_does(tiny_world
     r = E.evaluate(score, c, es)
     known = r["with_history_conv_recall@100"]
     assert known[3] == int(sum(len(es.conversions[j]) > 0 for j in np.flatnonzero(~unknown)))
+    # Popularity is counted once per window: the same scorer on the earlier window counts before that one.
+    val = c.eval_set(1)
+    val = EvalSet(users=val.users, end=c.user_start[val.users], now=val.now, conversions=val.conversions,
+                  engagement=val.engagement)  # everyone unknown
+    before_val = c.item_counts(E.CONVERSION, val.now)
+    assert val.now < es.now and not np.array_equal(before_val, pop)
+    assert (score(np.arange(len(val.users)), val) == before_val).all()
