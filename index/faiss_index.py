@@ -114,7 +114,8 @@ def merge_interests(rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, n
 
 def isin_few(values: np.ndarray, members: np.ndarray) -> np.ndarray:
     """``np.isin(values, members)`` for the few members of one request (a history, a user's purchases): sorts
-    them and binary-searches, 9 us where np.isin's own overhead is 12-19 us a call (a service request is ~300 us)."""
+    them and binary-searches: ~9 us against np.isin's ~16 us on 107 results and 7 members (the whole merge went
+    from 27 to 10 us; a service request takes ~300 us)."""
     if len(members) == 0:
         return np.zeros(len(values), bool)
     m = np.sort(members)

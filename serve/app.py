@@ -110,7 +110,8 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> Response:
         # An async def answers on the event loop: a search takes ~0.1 ms (one vector) to ~0.25 ms (four), and
         # handing it to the threadpool cost ~0.15 ms a request on its own; requests/s at 16 connections rose
-        # 1.6-1.8x (bench/serve_load.py). One process answers on one core; scale out with replicas.
+        # 1.6-1.8x (side by side with the plain def, 1M items; bench/serve_load.py measures the service now).
+        # One process answers on one core; scale out with processes.
         served = served_now(request)
         uid = served.users.parse(user)
         fallback, ids, scores = served.candidates(uid, k, exclude_purchased)
