@@ -53,13 +53,37 @@ SLICES = ["cold_item_conv_recall@100", "head_conv_recall@100", "torso_conv_recal
           "new_to_user_conv_recall@100"]
 
 
+def world_config(name: str) -> WorldConfig:
+    """The synthetic world of a dataset name: synth (the default world) or synth10x (ten times larger)."""
+    return WorldConfig() if name == "synth" else WorldConfig(users=40_000, items=30_000)
+
+
+def seeds(name: str, over: dict[str, str]) -> str:
+    """The seeds behind a section, read from where they are set (the world, the config, the scorers' defaults)."""
+    import inspect
+
+    import yaml
+
+    from retrieval.data import RetrievalData
+
+    def default(fn, arg: str):
+        return inspect.signature(fn).parameters[arg].default
+
+    cfg = yaml.safe_load((ROOT / over["config"]).read_text())
+    parts = [f"world {world_config(name).seed} (retrieval.synth.WorldConfig)"] if name.startswith("synth") else []
+    parts += [f"training seed_everything {cfg.get('seed_everything')} and data.seed "
+              f"{cfg.get('data', {}).get('seed', default(RetrievalData, 'seed'))} ({over['config']}; every variant, "
+              f"both fits)", f"ALS random_state {default(E.als_scorer, 'seed')}",
+              f"bootstrap and paired intervals {default(E.bootstrap, 'seed')} ({default(E.bootstrap, 'n')} resamples)"]
+    return "Seeds: " + "; ".join(parts) + "."
+
+
 def prepare(name: str) -> tuple[Path, dict[str, str]]:
     """Data folder and the config + path overrides of a dataset."""
     d = WORK / name / "data"
     if name.startswith("synth"):
-        cfg = WorldConfig() if name == "synth" else WorldConfig(users=40_000, items=30_000)
         if not (d / "events.parquet").exists():
-            generate(d, cfg)
+            generate(d, world_config(name))
         return d, {"config": "configs/demo.yaml", "items": str(d / "items.parquet"), "users": str(d / "users.parquet")}
     if name == "trivago":
         if not (d / "events.parquet").exists():
@@ -243,7 +267,7 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
           table(["method", *SLICES, "coverage@100", "top-1% items' share of slots"],
                 [[m, *(fmt(r[k]) for k in SLICES), fmt(r["coverage@100"]), fmt(r["top1%_items_share_of_slots"])]
                  for m, r in results.items()]), "",
-          " ".join(f"![{p.stem}](img/{p.name})" for p in plots), ""]
+          " ".join(f"![{p.stem}](img/{p.name})" for p in plots), "", seeds(name, over), ""]
     return md, results
 
 
