@@ -166,37 +166,6 @@ def test_start_of(data: Path, over: dict[str, str]) -> int:
     return temporal_split(ts, **cfg).test_start
 
 
-def ann_scorer(model, corpus, factory: str = "HNSW32") -> E.Scorer:
-    """Scores that keep only what the service answers from an ANN index over the item vectors (the index's
-    results merged with the user's history items, as serve/store.py does): the loss an index adds."""
-    from index.faiss_index import (
-        apply_search_params,
-        build_index,
-        default_search_params,
-        merge_history,
-        merge_interests,
-    )
-    from retrieval.embed import embed_items
-
-    vecs = embed_items(model, corpus, progress=False)
-    index = build_index(vecs, factory)
-    apply_search_params(index, default_search_params(factory))
-    k = min(500, corpus.n_items)
-
-    def score(i, es):
-        users, hist = E.eval_user_states(model, corpus, i, es, vecs)  # [B, K, D]
-        want = min(k + int(np.diff(hist.offsets).max(initial=0)), corpus.n_items)
-        s, rows = index.search(users.reshape(-1, vecs.shape[1]), want)
-        s, rows = s.reshape(len(i), -1, want), rows.reshape(len(i), -1, want)
-        out = np.full((len(i), corpus.n_items), -np.inf, np.float32)
-        for b in range(len(i)):
-            r, v = merge_history(*merge_interests(rows[b], s[b]), *hist.of(b), k)
-            out[b, r] = v
-        return out
-
-    return score
-
-
 def fmt(v: tuple[float, float, float, int]) -> str:
     m, lo, hi, _ = v
     if np.isnan(m):
@@ -233,7 +202,7 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
         exact = E.two_tower_scorer(trained.model, corpus)
         score(variant, E.with_popularity_fallback(exact, corpus))
         if ablation is None:
-            score("two-tower full, HNSW32 index", E.with_popularity_fallback(ann_scorer(trained.model, corpus), corpus))
+            score("two-tower full, HNSW32 index", E.with_popularity_fallback(E.index_scorer(trained.model, corpus), corpus))
             if not known.all():  # what the fallback replaces, for the record
                 score("two-tower full, own answer for unknown users", exact)
     now = es.now

@@ -2,11 +2,17 @@
 
 A *scorer* maps a batch of evaluation users to scores over the whole catalogue ([B, N]); the two-tower model,
 popularity and ALS are scorers, so every method is measured by the same code on the same users.
+
+    python -m retrieval.evaluate --checkpoint CKPT [--window test|validation] [--baselines popularity,als]
+                                 [--index HNSW32] [--max-users N] [--json PATH]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,6 +65,38 @@ def eval_user_states(model: TwoTowerModel, corpus: Corpus, i: np.ndarray, es: Ev
     """Served vectors [B, D] of evaluation users (positions ``i`` of the eval set) at the window's start, and
     their history items with full scores (what the service merges into an index's answer)."""
     return user_states(model, corpus, es.users[i], es.end[i], np.full(len(i), es.now, np.int64), items)
+
+
+def index_scorer(model: TwoTowerModel, corpus: Corpus, factory: str = "HNSW32") -> Scorer:
+    """Scores that keep only what the service answers from a FAISS index over the item vectors (the index's
+    results merged with the user's history items, as serve/store.py does): with exact scores, the recall an
+    index loses."""
+    from index.faiss_index import (
+        apply_search_params,
+        build_index,
+        default_search_params,
+        merge_history,
+        merge_interests,
+    )
+
+    model.eval()
+    vecs = embed_items(model, corpus, progress=False)
+    index = build_index(vecs, factory)
+    apply_search_params(index, default_search_params(factory))
+    k = min(max(KS), corpus.n_items)
+
+    def score(i: np.ndarray, es: EvalSet) -> np.ndarray:
+        users, hist = eval_user_states(model, corpus, i, es, vecs)  # [B, K, D]
+        want = min(k + int(np.diff(hist.offsets).max(initial=0)), corpus.n_items)
+        s, rows = index.search(users.reshape(-1, vecs.shape[1]), want)
+        s, rows = s.reshape(len(i), -1, want), rows.reshape(len(i), -1, want)
+        out = np.full((len(i), corpus.n_items), -np.inf, np.float32)
+        for b in range(len(i)):
+            r, v = merge_history(*merge_interests(rows[b], s[b]), *hist.of(b), k)
+            out[b, r] = v
+        return out
+
+    return score
 
 
 def popularity_scorer(corpus: Corpus, now: int, kind: int = CONVERSION) -> Scorer:
@@ -194,6 +232,22 @@ def conversion_slices(corpus: Corpus, es: EvalSet) -> dict[str, list[np.ndarray]
     return out
 
 
+def targets_behind(corpus: Corpus, es: EvalSet, slices: dict[str, list[np.ndarray]], ks: tuple[int, ...] = KS,
+                   short_history: int = 5) -> dict[str, int]:
+    """How many targets (conversions; engagements for eng_*) stand behind each metric of :func:`summarize`."""
+    n_hist = es.end - corpus.user_start[es.users]
+    conv = np.array([len(t) for t in es.conversions])
+    out = {}
+    for k in ks:
+        out[f"conv_recall@{k}"] = out[f"conv_ndcg@{k}"] = int(conv.sum())
+        out[f"eng_recall@{k}"] = sum(len(t) for t in es.engagement)
+    for name, masks in slices.items():
+        out[f"{name}_conv_recall@100"] = int(sum(m.sum() for m in masks))
+    out[f"short_history(<{short_history})_conv_recall@100"] = int(conv[n_hist < short_history].sum())
+    out["with_history_conv_recall@100"] = int(conv[n_hist > 0].sum())
+    return out
+
+
 def summarize(pu: PerUser, corpus: Corpus, es: EvalSet, ks: tuple[int, ...] = KS, short_history: int = 5,
               slices: dict[str, list[np.ndarray]] | None = None) -> dict[str, tuple[float, float, float, int]]:
     """The report's metrics from ranked targets (see :func:`evaluate`); slices: conversion_slices(corpus, es)."""
@@ -219,3 +273,92 @@ def summarize(pu: PerUser, corpus: Corpus, es: EvalSet, ks: tuple[int, ...] = KS
     top1 = np.sort(freq)[::-1][: max(1, corpus.n_items // 100)].sum() / max(freq.sum(), 1)
     out["top1%_items_share_of_slots"] = (float(top1), np.nan, np.nan, len(es.users))
     return out
+
+
+def _scorers(trained, corpus: Corpus, es: EvalSet, baselines: list[str], index: str | None) -> dict[str, Scorer]:
+    """The methods to compare: the model as the service answers (users with no earlier event get conversion
+    popularity), optionally through a FAISS index, and the baselines."""
+    exact = two_tower_scorer(trained.model, corpus)
+    out = {"two-tower": with_popularity_fallback(exact, corpus)}
+    if index:
+        out[f"two-tower, {index} index"] = with_popularity_fallback(index_scorer(trained.model, corpus, index), corpus)
+    if "popularity" in baselines:
+        out["popularity (conversions)"] = popularity_scorer(corpus, es.now)
+        out["popularity (engagement)"] = popularity_scorer(corpus, es.now, ENGAGEMENT)
+    if "als" in baselines:
+        out["ALS (conversions)"] = als_scorer(corpus, es.now, dual=False)
+        out["ALS (dual-weighted)"] = als_scorer(corpus, es.now, dual=True)
+    return out
+
+
+def _text_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    line = lambda r: "  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths, strict=True)))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _fmt(v: tuple[float, float, float, int]) -> str:
+    m, lo, hi, _ = v
+    return "-" if np.isnan(m) else f"{m:.3f}" if np.isnan(lo) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Score a checkpoint on its split's test (or validation) window; prints a table, returns the results."""
+    from retrieval.checkpoint import CheckpointError, load_trained
+    from retrieval.contract import DataError
+
+    p = argparse.ArgumentParser(prog="python -m retrieval.evaluate", description=(
+        "Conversion recall / NDCG at K = 10, 50, 100, 500 of a trained checkpoint on its temporal split, with 95% "
+        "bootstrap intervals over users, slices and coverage, against baselines on the same users."))
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `python -m retrieval fit`")
+    p.add_argument("--window", choices=["test", "validation"], default="test")
+    p.add_argument("--baselines", default="popularity",
+                   help="comma-separated: popularity, als (implicit's ALS; the bench extra), or none")
+    p.add_argument("--index", metavar="FACTORY", default=None,
+                   help="also score the answers of a FAISS index (e.g. HNSW32): the recall the index loses")
+    p.add_argument("--max-users", type=int, default=None, help="a seeded sample of the window's users")
+    p.add_argument("--json", default=None, help="also write the results here")
+    a = p.parse_args(argv)
+    baselines = [] if a.baselines == "none" else a.baselines.split(",")
+    unknown = set(baselines) - {"popularity", "als"}
+    if unknown:
+        p.error(f"--baselines: unknown {sorted(unknown)}; choose from popularity, als, none")
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        trained = load_trained(a.checkpoint)
+        corpus = trained.corpus(split=True)
+        es = corpus.eval_set(2 if a.window == "test" else 1, a.max_users)
+        if len(es.users) == 0:
+            raise DataError(f"evaluate: no conversions in the {a.window} window of {trained.data['events']}")
+        scorers = _scorers(trained, corpus, es, baselines, a.index)
+    except (CheckpointError, DataError) as e:
+        sys.exit(f"error: {e}")
+    except ImportError as e:
+        sys.exit(f"error: {e.name} is missing: ALS needs the bench extra (pip install -e '.[bench]')")
+    slices = conversion_slices(corpus, es)
+    results, per_user = {}, {}
+    for name, scorer in scorers.items():
+        pu = rank_targets(scorer, es, corpus.n_items)
+        results[name] = summarize(pu, corpus, es, slices=slices)
+        per_user[name] = recall(pu.conv_ranks, 100)
+    for name, r in results.items():  # paired over the same users: beyond noise where the interval excludes 0
+        r["two_tower_minus_this@100"] = paired_difference(per_user["two-tower"], per_user[name])
+    behind = targets_behind(corpus, es, slices)
+    metrics = list(results["two-tower"])
+    rows = [[m, str(results["two-tower"][m][3]), str(behind.get(m, "-")), *(_fmt(results[n][m]) for n in results)]
+            for m in metrics]  # users and targets behind a figure depend on the window, not on the method
+    unknown_users = int((es.end == corpus.user_start[es.users]).sum())
+    print(f"{a.window} window from {es.now}: {len(es.users)} users with {behind['conv_recall@100']} distinct "
+          f"(user, item) conversions, catalogue {corpus.n_items} items; {unknown_users} users have no earlier event "
+          "and get conversion popularity from every method, as from the service. Mean over users [95% bootstrap]; "
+          "users and targets: those behind each figure (targets: conversions; engagements for eng_*).\n")
+    print(_text_table(["metric", "users", "targets", *results], rows))
+    out = {"window": a.window, "window_start": es.now, "users": len(es.users), "targets": behind, "results": results}
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1, default=float)
+    return out
+
+
+if __name__ == "__main__":
+    main()

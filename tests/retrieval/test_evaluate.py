@@ -85,3 +85,40 @@ def test_popularity_fallback_scores_unknown_users_as_the_service_does(tiny_world
     before_val = c.item_counts(E.CONVERSION, val.now)
     assert val.now < es.now and not np.array_equal(before_val, pop)
     assert (score(np.arange(len(val.users)), val) == before_val).all()
+
+
+def test_evaluate_command_scores_a_checkpoint_against_baselines(trained, tmp_path, capsys):
+    """`python -m retrieval.evaluate`: the model, its answers through an exact FAISS index (they must equal the
+    exact scores'), popularity; with the users and targets behind each figure, as a table and as JSON."""
+    import json
+
+    out = E.main(["--checkpoint", str(trained), "--index", "Flat", "--json", str(tmp_path / "r.json")])
+    printed = capsys.readouterr().out
+    assert "conv_recall@100" in printed and "popularity (conversions)" in printed and "cold_item" in printed
+    r = out["results"]
+    assert set(r) == {"two-tower", "two-tower, Flat index", "popularity (conversions)", "popularity (engagement)"}
+    for m in ("conv_recall@10", "conv_recall@100", "conv_ndcg@100", "eng_recall@100", "tail_conv_recall@100"):
+        assert np.isclose(r["two-tower"][m][0], r["two-tower, Flat index"][m][0], atol=1e-9), m
+    from retrieval.checkpoint import load_trained
+
+    c = load_trained(trained).corpus(split=True)
+    es = c.eval_set(2)
+    assert out["users"] == len(es.users) and r["two-tower"]["conv_recall@100"][3] == len(es.users)
+    assert out["targets"]["conv_recall@100"] == sum(len(t) for t in es.conversions)
+    assert (out["targets"]["head_conv_recall@100"] + out["targets"]["torso_conv_recall@100"]
+            + out["targets"]["tail_conv_recall@100"]) == out["targets"]["conv_recall@100"]
+    gain = r["popularity (conversions)"]["two_tower_minus_this@100"][0]  # every user has a conversion: paired
+    assert np.isclose(gain, r["two-tower"]["conv_recall@100"][0] - r["popularity (conversions)"]["conv_recall@100"][0])
+    assert r["two-tower"]["two_tower_minus_this@100"][0] == 0.0
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["targets"] == out["targets"] and saved["results"]["two-tower"]["conv_recall@100"][0] == \
+        r["two-tower"]["conv_recall@100"][0]
+
+
+def test_evaluate_command_refuses_bad_input_in_one_line(tmp_path):
+    import pytest
+
+    with pytest.raises(SystemExit, match="no such file"):
+        E.main(["--checkpoint", str(tmp_path / "missing.ckpt")])
+    with pytest.raises(SystemExit):
+        E.main(["--checkpoint", str(tmp_path / "missing.ckpt"), "--baselines", "knn"])
