@@ -220,6 +220,13 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
     n_in = {k: int(sum(m.sum() for m in v)) for k, v in slices.items()}
     no_history = int((~known).sum())
     plots = plot(name, results, curves)
+    behind, ref = E.targets_behind(corpus, es, slices), next(iter(results.values()))
+
+    def behind_row(metrics: list[str]) -> list[str]:
+        """The users and targets (conversions; engagements for eng_*) behind each column's figures."""
+        return ["*users / targets behind each figure*",
+                *(f"{ref[m][3]} / {behind[m]}" if m in behind else f"{ref[m][3]} users" for m in metrics)]
+
     md = [f"Test window: {len(es.users)} users with {n_conv} distinct (user, item) conversions; catalogue "
           f"{corpus.n_items} items. Of the conversions, {n_in['cold_item']} are of items with no event before the window "
           f"(cold) and {n_in['engaged_before']} ({n_in['engaged_before'] / n_conv:.0%}) of items the user engaged with "
@@ -231,11 +238,12 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
           f"an earlier event. Two-tower "
           f"variants: epochs chosen on the validation window (training curves below), then refit on everything before "
           f"the test window, as the baselines are. Training seconds per variant (both fits): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + ".\n",
-          table(["method", *SHOW], [[m, *(fmt(r[k]) for k in SHOW)] for m, r in results.items()]), "",
-          "Slices (conversion recall@100) and what is retrieved:\n",
+          table(["method", *SHOW], [behind_row(SHOW), *([m, *(fmt(r[k]) for k in SHOW)] for m, r in results.items())]),
+          "", "Slices (conversion recall@100) and what is retrieved:\n",
           table(["method", *SLICES, "coverage@100", "top-1% items' share of slots"],
-                [[m, *(fmt(r[k]) for k in SLICES), fmt(r["coverage@100"]), fmt(r["top1%_items_share_of_slots"])]
-                 for m, r in results.items()]), "",
+                [behind_row([*SLICES, "coverage@100"]) + ["-"],
+                 *([m, *(fmt(r[k]) for k in SLICES), fmt(r["coverage@100"]), fmt(r["top1%_items_share_of_slots"])]
+                   for m, r in results.items())]), "",
           " ".join(f"![{p.stem}](img/{p.name})" for p in plots), "", seeds(name, over), ""]
     return md, results
 
