@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         m = build(a.checkpoint, a.out, a.factory, a.events, a.items, a.users, a.recall_k, a.recall_users,
                   a.batch_size, {"auto": None, "yes": True, "no": False}[a.gpu], not a.no_progress)
-    except (ArtifactError, CheckpointError, DataError, RuntimeError) as e:
+    except (ArtifactError, CheckpointError, DataError, RuntimeError, ValueError) as e:
         logging.getLogger("index").error("%s", e)
         sys.exit(2)
     print(json.dumps({k: v for k, v in asdict(m).items() if k != "files"}, indent=2))

@@ -14,7 +14,13 @@ import pyarrow.parquet as pq
 import torch
 
 from index.artifact import Manifest, StagingFolder, sha256, write_manifest
-from index.faiss_index import apply_search_params, build_index, default_search_params, measure_recall
+from index.faiss_index import (
+    apply_search_params,
+    build_index,
+    check_factory,
+    default_search_params,
+    measure_recall,
+)
 from retrieval.checkpoint import load_trained
 from retrieval.corpus import Corpus
 from retrieval.embed import embed_items, embed_users
@@ -56,6 +62,7 @@ def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events
     """Build a complete artifact folder at ``out`` (absent if anything fails)."""
     t0 = time.perf_counter()
     trained = load_trained(checkpoint)
+    check_factory(factory, trained.model.embedding_dim)  # fail before the embedding, not after it
     corpus = trained.corpus(events, items, users)
     item_vecs = embed_items(trained.model, corpus, batch_size, progress)
     user_vecs, history = embed_users(trained.model, corpus, item_vecs, batch_size, progress)  # [U, K, D]

@@ -302,6 +302,12 @@ def _fmt(v: tuple[float, float, float, int]) -> str:
     return "-" if np.isnan(m) else f"{m:.3f}" if np.isnan(lo) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _positive(raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a positive integer")
+    return int(raw)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Score a checkpoint on its split's test (or validation) window; prints a table, returns the results."""
     from retrieval.checkpoint import CheckpointError, load_trained
@@ -316,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="comma-separated: popularity, als (implicit's ALS; the bench extra), or none")
     p.add_argument("--index", metavar="FACTORY", default=None,
                    help="also score the answers of a FAISS index (e.g. HNSW32): the recall the index loses")
-    p.add_argument("--max-users", type=int, default=None, help="a seeded sample of the window's users")
+    p.add_argument("--max-users", type=_positive, default=None, help="a seeded sample of the window's users")
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args(argv)
     baselines = [] if a.baselines == "none" else a.baselines.split(",")
@@ -327,11 +333,15 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         trained = load_trained(a.checkpoint)
         corpus = trained.corpus(split=True)
+        if a.index:
+            from index.faiss_index import check_factory
+
+            check_factory(a.index, trained.model.embedding_dim)  # before any scoring
         es = corpus.eval_set(2 if a.window == "test" else 1, a.max_users)
         if len(es.users) == 0:
             raise DataError(f"evaluate: no conversions in the {a.window} window of {trained.data['events']}")
         scorers = _scorers(trained, corpus, es, baselines, a.index)
-    except (CheckpointError, DataError) as e:
+    except (CheckpointError, DataError, ValueError) as e:
         sys.exit(f"error: {e}")
     except ImportError as e:
         sys.exit(f"error: {e.name} is missing: ALS needs the bench extra (pip install -e '.[bench]')")

@@ -64,8 +64,8 @@ def test_failed_build_leaves_no_folder(trained, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         build(trained, tmp_path / "bad", "Flat", progress=False)
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(RuntimeError):
-        build(trained, tmp_path / "bad", "NotAFactory", progress=False)
+    with pytest.raises(ValueError, match="'NotAFactory' cannot be built for dim .*could not parse"):
+        build(trained, tmp_path / "bad", "NotAFactory", progress=False)  # refused before embedding anything
     assert list(tmp_path.iterdir()) == []
 
 

@@ -115,10 +115,14 @@ def test_evaluate_command_scores_a_checkpoint_against_baselines(trained, tmp_pat
         r["two-tower"]["conv_recall@100"][0]
 
 
-def test_evaluate_command_refuses_bad_input_in_one_line(tmp_path):
+def test_evaluate_command_refuses_bad_input_in_one_line(trained, tmp_path, capsys):
     import pytest
 
     with pytest.raises(SystemExit, match="no such file"):
         E.main(["--checkpoint", str(tmp_path / "missing.ckpt")])
-    with pytest.raises(SystemExit):
-        E.main(["--checkpoint", str(tmp_path / "missing.ckpt"), "--baselines", "knn"])
+    with pytest.raises(SystemExit, match="'NotAFactory' cannot be built"):
+        E.main(["--checkpoint", str(trained), "--index", "NotAFactory"])
+    for bad in (["--baselines", "knn"], ["--max-users", "-1"], ["--max-users", "0"], ["--window", "future"]):
+        with pytest.raises(SystemExit) as e:
+            E.main(["--checkpoint", str(trained), *bad])
+        assert e.value.code == 2 and bad[0] in capsys.readouterr().err  # argparse: usage and the option's name
