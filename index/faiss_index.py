@@ -145,3 +145,11 @@ def merge_history(rows: np.ndarray, scores: np.ndarray, hist_rows: np.ndarray, h
     scores = np.concatenate([scores[keep], hist_scores])
     order = np.argsort(-scores, kind="stable")[:k]
     return rows[order], scores[order]
+
+
+def merge_answer(rows: np.ndarray, scores: np.ndarray, hist_rows: np.ndarray, hist_scores: np.ndarray,
+                 k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A user's served top ``k``: the searches of their K interest vectors (rows, scores: [K, M], M >= k +
+    len(hist_rows)) merged (:func:`merge_interests`), then their history items with full scores merged in
+    (:func:`merge_history`). The service and the report's index scorer both answer through it."""
+    return merge_history(*merge_interests(rows, scores), hist_rows, hist_scores, k)

@@ -71,13 +71,7 @@ def index_scorer(model: TwoTowerModel, corpus: Corpus, factory: str = "HNSW32") 
     """Scores that keep only what the service answers from a FAISS index over the item vectors (the index's
     results merged with the user's history items, as serve/store.py does): with exact scores, the recall an
     index loses."""
-    from index.faiss_index import (
-        apply_search_params,
-        build_index,
-        default_search_params,
-        merge_history,
-        merge_interests,
-    )
+    from index.faiss_index import apply_search_params, build_index, default_search_params, merge_answer
 
     model.eval()
     vecs = embed_items(model, corpus, progress=False)
@@ -92,7 +86,7 @@ def index_scorer(model: TwoTowerModel, corpus: Corpus, factory: str = "HNSW32") 
         s, rows = s.reshape(len(i), -1, want), rows.reshape(len(i), -1, want)
         out = np.full((len(i), corpus.n_items), -np.inf, np.float32)
         for b in range(len(i)):
-            r, v = merge_history(*merge_interests(rows[b], s[b]), *hist.of(b), k)
+            r, v = merge_answer(rows[b], s[b], *hist.of(b), k)
             out[b, r] = v
         return out
 

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from index.artifact import ArtifactError, Manifest, read_manifest
-from index.faiss_index import apply_search_params, isin_few, merge_history, merge_interests
+from index.faiss_index import apply_search_params, isin_few, merge_answer
 from retrieval.contract import DataError
 
 # torch, Lightning and the model are imported only for embedding new items (Served.model, with_items; the app
@@ -95,7 +95,7 @@ class Served:
         want = min(k + (len(bought) if exclude_purchased else 0) + len(hist_rows), self.index.ntotal)
         faiss.omp_set_num_threads(1)  # per request thread: one query gains nothing from OpenMP, and loses
         scores, rows = self.index.search(self.user_vecs[row], want)  # [K, want]
-        rows, scores = merge_history(*merge_interests(rows, scores), hist_rows, hist_scores, want)
+        rows, scores = merge_answer(rows, scores, hist_rows, hist_scores, want)
         if exclude_purchased and len(bought):
             keep = ~isin_few(rows, bought)
             rows, scores = rows[keep], scores[keep]

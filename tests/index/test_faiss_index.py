@@ -13,6 +13,7 @@ from index.faiss_index import (
     gpu_count,
     isin_few,
     measure_recall,
+    merge_answer,
     merge_history,
     merge_interests,
 )
@@ -123,3 +124,21 @@ def test_merge_interests_is_the_exact_top_of_the_best_interest():
     r = np.array([[3, 1, -1], [1, 2, -1]])
     rows, scores = merge_interests(r, np.array([[0.9, 0.5, -np.inf], [0.7, 0.6, -np.inf]], np.float32))
     assert rows.tolist() == [3, 1, 2] and np.allclose(scores, [0.9, 0.7, 0.6])  # -1 (none) dropped
+
+
+def test_merge_answer_is_the_exact_top_k_over_interests_and_history():
+    """K interest searches + history items with their repeat term = the brute-force top k of the full score."""
+    rng = np.random.default_rng(8)
+    items = rng.normal(size=(300, 8)).astype(np.float32)
+    index = build_index(items, "Flat")
+    for K in (1, 3):
+        for _ in range(10):
+            u = rng.normal(size=(K, 8)).astype(np.float32)
+            hist = rng.choice(300, rng.integers(0, 12), replace=False)
+            full = (items @ u.T).max(1)  # [300] best interest
+            full[hist] += rng.uniform(0, 3, len(hist)).astype(np.float32)
+            k = 15
+            s, r = index.search(u, k + len(hist))
+            rows, scores = merge_answer(r, s, hist, full[hist], k)
+            want = np.argsort(-full, kind="stable")[:k]
+            assert np.allclose(scores, full[want], atol=1e-5) and set(rows) == set(want)
