@@ -166,13 +166,6 @@ def test_start_of(data: Path, over: dict[str, str]) -> int:
     return temporal_split(ts, **cfg).test_start
 
 
-def fmt(v: tuple[float, float, float, int]) -> str:
-    m, lo, hi, _ = v
-    if np.isnan(m):
-        return "–"
-    return f"{m:.3f}" if np.isnan(lo) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
 def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool = False) -> tuple[list[str], dict]:
     """Train, score and plot one dataset: (the report section's paragraphs, {method: metrics})."""
     data, over = prepare(name)
@@ -216,11 +209,11 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
         r["full_minus_this@100"] = E.paired_difference(full, per_user[m]) if full is not None else none
         r["full_minus_this@100_with_history"] = (E.paired_difference(full[known], per_user[m][known])
                                                  if full is not None else none)
-    n_conv = sum(len(t) for t in es.conversions)
-    n_in = {k: int(sum(m.sum() for m in v)) for k, v in slices.items()}
+    behind, ref = E.targets_behind(corpus, es, slices), next(iter(results.values()))
+    n_conv = behind["conv_recall@100"]
+    n_in = {k: behind[f"{k}_conv_recall@100"] for k in slices}
     no_history = int((~known).sum())
     plots = plot(name, results, curves)
-    behind, ref = E.targets_behind(corpus, es, slices), next(iter(results.values()))
 
     def behind_row(metrics: list[str]) -> list[str]:
         """The users and targets (conversions; engagements for eng_*) behind each column's figures."""
@@ -238,11 +231,11 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
           f"an earlier event. Two-tower "
           f"variants: epochs chosen on the validation window (training curves below), then refit on everything before "
           f"the test window, as the baselines are. Training seconds per variant (both fits): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + ".\n",
-          table(["method", *SHOW], [behind_row(SHOW), *([m, *(fmt(r[k]) for k in SHOW)] for m, r in results.items())]),
+          table(["method", *SHOW], [behind_row(SHOW), *([m, *(E.fmt_interval(r[k]) for k in SHOW)] for m, r in results.items())]),
           "", "Slices (conversion recall@100) and what is retrieved:\n",
           table(["method", *SLICES, "coverage@100", "top-1% items' share of slots"],
                 [behind_row([*SLICES, "coverage@100"]) + ["-"],
-                 *([m, *(fmt(r[k]) for k in SLICES), fmt(r["coverage@100"]), fmt(r["top1%_items_share_of_slots"])]
+                 *([m, *(E.fmt_interval(r[k]) for k in SLICES), E.fmt_interval(r["coverage@100"]), E.fmt_interval(r["top1%_items_share_of_slots"])]
                    for m, r in results.items())]), "",
           " ".join(f"![{p.stem}](img/{p.name})" for p in plots), "", seeds(name, over), ""]
     return md, results

@@ -231,10 +231,11 @@ def targets_behind(corpus: Corpus, es: EvalSet, slices: dict[str, list[np.ndarra
     """How many targets (conversions; engagements for eng_*) stand behind each metric of :func:`summarize`."""
     n_hist = es.end - corpus.user_start[es.users]
     conv = np.array([len(t) for t in es.conversions])
+    eng = sum(len(t) for t in es.engagement)
     out = {}
     for k in ks:
         out[f"conv_recall@{k}"] = out[f"conv_ndcg@{k}"] = int(conv.sum())
-        out[f"eng_recall@{k}"] = sum(len(t) for t in es.engagement)
+        out[f"eng_recall@{k}"] = eng
     for name, masks in slices.items():
         out[f"{name}_conv_recall@100"] = int(sum(m.sum() for m in masks))
     out[f"short_history(<{short_history})_conv_recall@100"] = int(conv[n_hist < short_history].sum())
@@ -291,9 +292,10 @@ def _text_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def _fmt(v: tuple[float, float, float, int]) -> str:
+def fmt_interval(v: tuple[float, float, float, int]) -> str:
+    """A metric as the reports show it: mean [95% interval], the mean alone where there is no interval."""
     m, lo, hi, _ = v
-    return "-" if np.isnan(m) else f"{m:.3f}" if np.isnan(lo) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+    return "–" if np.isnan(m) else f"{m:.3f}" if np.isnan(lo) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def _positive(raw: str) -> int:
@@ -349,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
         r["two_tower_minus_this@100"] = paired_difference(per_user["two-tower"], per_user[name])
     behind = targets_behind(corpus, es, slices)
     metrics = list(results["two-tower"])
-    rows = [[m, str(results["two-tower"][m][3]), str(behind.get(m, "-")), *(_fmt(results[n][m]) for n in results)]
+    rows = [[m, str(results["two-tower"][m][3]), str(behind.get(m, "-")), *(fmt_interval(results[n][m]) for n in results)]
             for m in metrics]  # users and targets behind a figure depend on the window, not on the method
     unknown_users = int((es.end == corpus.user_start[es.users]).sum())
     print(f"{a.window} window from {es.now}: {len(es.users)} users with {behind['conv_recall@100']} distinct "

@@ -93,7 +93,7 @@ class Served:
         hist_rows, hist_scores = self.history_rows[lo:hi], self.history_scores[lo:hi]
         # Enough results that, after dropping history items (scored apart) and purchases, k remain.
         want = min(k + (len(bought) if exclude_purchased else 0) + len(hist_rows), self.index.ntotal)
-        faiss.omp_set_num_threads(1)  # per request thread: one query gains nothing from OpenMP, and loses
+        faiss.omp_set_num_threads(1)  # on the calling thread (the event loop): one query gains nothing from OpenMP, and loses
         scores, rows = self.index.search(self.user_vecs[row], want)  # [K, want]
         rows, scores = merge_answer(rows, scores, hist_rows, hist_scores, want)
         if exclude_purchased and len(bought):
