@@ -10,6 +10,7 @@ from dataclasses import asdict
 
 from index.artifact import ArtifactError
 from index.build import build
+from index.faiss_index import FactoryError
 from retrieval.checkpoint import CheckpointError
 from retrieval.contract import DataError
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         m = build(a.checkpoint, a.out, a.factory, a.events, a.items, a.users, a.recall_k, a.recall_users,
                   a.batch_size, {"auto": None, "yes": True, "no": False}[a.gpu], not a.no_progress)
-    except (ArtifactError, CheckpointError, DataError, RuntimeError, ValueError) as e:
+    except (ArtifactError, CheckpointError, DataError, FactoryError, RuntimeError) as e:
         logging.getLogger("index").error("%s", e)
         sys.exit(2)
     print(json.dumps({k: v for k, v in asdict(m).items() if k != "files"}, indent=2))

@@ -48,14 +48,18 @@ def build_index(vectors: np.ndarray, factory: str = "Flat", use_gpu: bool | None
     return faiss.index_gpu_to_cpu(work) if work is not index else index
 
 
+class FactoryError(ValueError):
+    """A factory string faiss cannot build for the embedding dimension."""
+
+
 def check_factory(factory: str, dim: int) -> None:
-    """A ValueError saying why, before any work, when faiss cannot build ``factory`` for ``dim`` (parsing the
+    """A FactoryError saying why, before any work, when faiss cannot build ``factory`` for ``dim`` (parsing the
     string builds an empty index: no training, no memory to speak of)."""
     try:
         faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:  # faiss: "Error in ... at index_factory.cpp:N: could not parse index string X"
         reason = str(e).splitlines()[0].rsplit(": ", 1)[-1]
-        raise ValueError(f"index factory {factory!r} cannot be built for dim {dim}: {reason}") from None
+        raise FactoryError(f"index factory {factory!r} cannot be built for dim {dim}: {reason}") from None
 
 
 def default_search_params(factory: str) -> dict[str, Any]:

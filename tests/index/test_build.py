@@ -11,7 +11,7 @@ import torch
 
 from index.artifact import ArtifactError, read_manifest
 from index.build import build
-from index.faiss_index import exact_topk
+from index.faiss_index import FactoryError, exact_topk
 from retrieval.checkpoint import CheckpointError, load_trained
 
 
@@ -64,7 +64,7 @@ def test_failed_build_leaves_no_folder(trained, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         build(trained, tmp_path / "bad", "Flat", progress=False)
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(ValueError, match="'NotAFactory' cannot be built for dim .*could not parse"):
+    with pytest.raises(FactoryError, match="'NotAFactory' cannot be built for dim .*could not parse"):
         build(trained, tmp_path / "bad", "NotAFactory", progress=False)  # refused before embedding anything
     assert list(tmp_path.iterdir()) == []
 
@@ -126,3 +126,15 @@ def test_exact_user_topk_is_what_flat_serves(artifact):
     assert (rows == exact_topk(queries, items.astype(np.float32), 10)[1]).all()
     # The two interests of a user are different vectors (each searched).
     assert not np.allclose(queries[0::2], queries[1::2], atol=1e-3)
+
+
+def test_index_command_refuses_a_bad_factory_in_one_line(trained, tmp_path, caplog):
+    from index.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["build", "--checkpoint", str(trained), "--out", str(tmp_path / "v1"), "--factory", "PQ16",
+              "--no-progress"])
+    assert exit_.value.code == 2
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "'PQ16' cannot be built for dim" in errors[0].getMessage()
+    assert not (tmp_path / "v1").exists()
