@@ -36,7 +36,9 @@ TRIALS = {  # name -> overrides of the dataset's config (python -m retrieval fit
     "4096 sampled negatives": ["--data.num_negatives=4096"],
     "id dropout 0.5": ["--model.id_dropout=0.5"],
     "conversion-only": ["--config=configs/ablations/conversion_only.yaml"],
+    "conversion-only, 6 epochs": ["--config=configs/ablations/conversion_only.yaml", "--trainer.max_epochs=6"],
     "engagement weight 0.3": ["--model.engagement_weight=0.3"],
+    "engagement weight 1.0": ["--model.engagement_weight=1.0"],
     "aux weight 1.0": ["--model.aux_weight=1.0"],
 }
 
