@@ -101,7 +101,8 @@ def main() -> None:
           table(["trial", "overrides", "validation curve (recall@100 per epoch)", "best epoch", "conv_recall@100",
                  "seconds", f"minus {ref_name}@100 (paired)"], [[n, *r] for n, r in rows.items()]), ""]
     cmd = f"python bench/tune.py --dataset {a.dataset}" + (f" --trials '{a.trials}'" if trials != list(TRIALS) else "")
-    cmd += (f" --reference '{a.reference}'" if a.reference != "als" else "") + (" --reuse" if a.reuse else "")
+    cmd += (f" --reference '{a.reference}'" if a.reference != "als" else "") + (
+        " --reuse  # (fits an earlier run left were scored again, missing ones trained)" if a.reuse else "")
     publish(f"tune-{a.dataset}", f"Tuning on {a.dataset}'s validation window", md, cmd)
 
 
