@@ -40,6 +40,8 @@ TRIALS = {  # name -> overrides of the dataset's config (python -m retrieval fit
     "engagement weight 0.3": ["--model.engagement_weight=0.3"],
     "engagement weight 1.0": ["--model.engagement_weight=1.0"],
     "aux weight 1.0": ["--model.aux_weight=1.0"],
+    "no hidden layer": ["--model.hidden=[]"],
+    "in-batch negatives only": ["--config=configs/ablations/in_batch_only.yaml"],
 }
 
 
