@@ -42,6 +42,8 @@ TRIALS = {  # name -> overrides of the dataset's config (python -m retrieval fit
     "aux weight 1.0": ["--model.aux_weight=1.0"],
     "no hidden layer": ["--model.hidden=[]"],
     "in-batch negatives only": ["--config=configs/ablations/in_batch_only.yaml"],
+    "in-batch negatives only, aux weight 1.0": ["--config=configs/ablations/in_batch_only.yaml",
+                                                "--model.aux_weight=1.0"],
 }
 
 
