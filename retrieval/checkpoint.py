@@ -65,6 +65,8 @@ def load_trained(path: str | Path) -> Trained:
     try:
         model = TwoTowerModel(**hp)
         model.load_state_dict(ck["state_dict"])
+    except ValueError as e:  # the model's own checks on its hyperparameters (towers, loss weights)
+        raise CheckpointError(f"checkpoint {path}: its hyperparameters describe no valid model ({e})") from None
     except (TypeError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {path}: weights do not fit the model it describes ({e})") from None
     model.eval()

@@ -306,6 +306,7 @@ def _positive(raw: str) -> int:
 
 def main(argv: list[str] | None = None) -> dict:
     """Score a checkpoint on its split's test (or validation) window; prints a table, returns the results."""
+    from index.faiss_index import FactoryError, check_factory
     from retrieval.checkpoint import CheckpointError, load_trained
     from retrieval.contract import DataError
 
@@ -330,14 +331,12 @@ def main(argv: list[str] | None = None) -> dict:
         trained = load_trained(a.checkpoint)
         corpus = trained.corpus(split=True)
         if a.index:
-            from index.faiss_index import check_factory
-
             check_factory(a.index, trained.model.embedding_dim)  # before any scoring
         es = corpus.eval_set(2 if a.window == "test" else 1, a.max_users)
         if len(es.users) == 0:
             raise DataError(f"evaluate: no conversions in the {a.window} window of {trained.data['events']}")
         scorers = _scorers(trained, corpus, es, baselines, a.index)
-    except (CheckpointError, DataError, ValueError) as e:
+    except (CheckpointError, DataError, FactoryError) as e:
         sys.exit(f"error: {e}")
     except ImportError as e:
         sys.exit(f"error: {e.name} is missing: ALS needs the bench extra (pip install -e '.[bench]')")

@@ -78,7 +78,7 @@ def test_existing_version_is_not_overwritten(artifact):
     assert read_manifest(artifact) == before
 
 
-def test_bad_checkpoints(tmp_path):
+def test_bad_checkpoints(tmp_path, trained):
     with pytest.raises(CheckpointError, match="no such file"):
         load_trained(tmp_path / "none.ckpt")
     (tmp_path / "junk.ckpt").write_bytes(b"\x00garbage")
@@ -87,6 +87,11 @@ def test_bad_checkpoints(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "partial.ckpt")
     with pytest.raises(CheckpointError, match="lacks"):
         load_trained(tmp_path / "partial.ckpt")
+    ck = torch.load(trained, map_location="cpu", weights_only=True)
+    ck["hyper_parameters"]["interests"] = 0
+    torch.save(ck, tmp_path / "no_interests.ckpt")
+    with pytest.raises(CheckpointError, match="describe no valid model .*interests must be 1 or more"):
+        load_trained(tmp_path / "no_interests.ckpt")
 
 
 def test_history_scores_are_the_models_full_scores(artifact, trained):
