@@ -8,7 +8,8 @@ An artifact folder holds:
                     purchased (catalogue rows the user converted on, for exclusion),
                     history / history_score (the user's history items and their full scores, inner product
                     plus the repeat term: merged into the index's answer, retrieval/repeat.py)
-  popular.parquet   item_id, score (conversion popularity: the answer for users never seen)
+  popular.parquet   item_id, score (conversion popularity, ties by engagement: the answer for users never seen;
+                    the service fills it with the rest of the catalogue)
   model.pt          item tower weights, its config and encoders (embeds new items; weights only, no pickle)
 
 A folder is written under a temporary name and renamed when complete, so it is complete or absent.
@@ -87,11 +88,17 @@ def read_manifest(folder: str | Path) -> Manifest:
         raise ArtifactError(f"artifact {folder}: format version {m.format_version}, this service reads {FORMAT_VERSION}")
     if m.metric != "inner_product":
         raise ArtifactError(f"artifact {folder}: metric '{m.metric}', the service serves inner_product only")
+    unlisted = [f for f in FILES if f not in m.files]
+    if unlisted:
+        raise ArtifactError(f"artifact {folder}: manifest.json lists no size for {unlisted}")
+    real = folder.resolve()
     for f in FILES:
         p = folder / f
         if not p.exists():
             raise ArtifactError(f"artifact {folder}: missing file {f}")
-        if f in m.files and p.stat().st_size != m.files[f]:
+        if not p.resolve().is_relative_to(real):  # a link out of the folder: the artifact is not what was built
+            raise ArtifactError(f"artifact {folder}: {f} is a link to outside the artifact folder")
+        if p.stat().st_size != m.files[f]:
             raise ArtifactError(f"artifact {folder}: {f} is {p.stat().st_size} bytes, the manifest says {m.files[f]}")
     return m
 

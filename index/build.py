@@ -24,7 +24,7 @@ from index.faiss_index import (
 from retrieval.checkpoint import load_trained
 from retrieval.corpus import Corpus
 from retrieval.embed import embed_items, embed_users
-from retrieval.events import CONVERSION
+from retrieval.events import CONVERSION, ENGAGEMENT
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,11 @@ def vectors_table(ids: pa.Array, vectors: np.ndarray, key: str) -> pa.Table:
 
 
 def popularity(corpus: Corpus, top: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """Catalogue rows with the most conversions and their share of all conversions, best first."""
+    """The ``top`` catalogue rows by conversions, ties (items without any, too) by engagement, and their share of
+    all conversions, best first."""
     counts = corpus.item_counts(CONVERSION)
-    rows = np.argsort(-counts, kind="stable")[: min(top, corpus.n_items)]
-    rows = rows[counts[rows] > 0]
+    tie = np.where(counts > 0, 0, -corpus.item_counts(ENGAGEMENT))  # items with conversions keep catalogue order
+    rows = np.lexsort((tie, -counts))[: min(top, corpus.n_items)]
     return rows, (counts[rows] / max(counts.sum(), 1)).astype(np.float32)
 
 

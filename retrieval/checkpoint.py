@@ -2,7 +2,8 @@
 
 A checkpoint (Lightning's, or the slim ``model.pt`` an artifact carries) holds the model's config
 (``hyper_parameters``), its weights, the data config (``datamodule_hyper_parameters``) and the towers'
-vocabularies and encoders (``RetrievalData``). It is read with ``torch.load(weights_only=True)``.
+vocabularies and encoders (``RetrievalData``). It is read with ``torch.load(weights_only=True)`` into the plain
+inference module (retrieval/inference.py): no Lightning is imported.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 
 import torch
 
-from retrieval.corpus import Corpus, DwellWeighting, HistoryConfig, SplitConfig
-from retrieval.events import DwellConfig, EventRoles
-from retrieval.model import TwoTowerModel
+from retrieval.contract import DataError
+from retrieval.corpus import Corpus, CorpusConfig
+from retrieval.inference import TwoTower, load_state
 
 KEYS = ("hyper_parameters", "state_dict", "datamodule_hyper_parameters", "RetrievalData")
 
@@ -27,13 +28,18 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Trained:
-    model: TwoTowerModel  # in eval mode, on the CPU
-    data: dict[str, Any]  # the data config it was trained with
+    model: TwoTower  # in eval mode, on the CPU
+    hparams: dict[str, Any]  # the model config it was trained with (TwoTowerModel's hyperparameters)
+    data: dict[str, Any]  # the data config it was trained with (CorpusConfig's values and the loader's)
     vocab: dict[str, Any]  # TowerVocab states of items and users
+
+    @property
+    def config(self) -> CorpusConfig:
+        return CorpusConfig.from_dict(self.data)
 
     def slim(self) -> dict[str, Any]:
         """What an artifact keeps: config, weights, vocabularies (no optimizer or loop state)."""
-        return {"hyper_parameters": dict(self.model.hparams), "state_dict": self.model.state_dict(),
+        return {"hyper_parameters": self.hparams, "state_dict": self.model.state_dict(),
                 "datamodule_hyper_parameters": self.data, "RetrievalData": self.vocab}
 
     def corpus(self, events: str | None = None, items: str | None = None, users: str | None = None,
@@ -42,12 +48,9 @@ class Trained:
 
         split: cut the training run's temporal split too (for evaluation on its validation or test window).
         """
-        d = self.data
-        return Corpus(events or d["events"], items or d["items"], users or d["users"],
-                      roles=EventRoles(**d["roles"]), sessions=DwellConfig(**d["sessions"]),
-                      dwell_weighting=DwellWeighting(**d["dwell_weighting"]), history=HistoryConfig(**d["history"]),
-                      split=SplitConfig(**d["split"]) if split else None, item_features=d["item_features"], user_features=d["user_features"],
-                      state=self.vocab)
+        c = self.config
+        paths = {"events": events or c.events, "items": items or c.items, "users": users or c.users}
+        return Corpus(CorpusConfig.from_dict(self.data, **paths), state=self.vocab, split=split)
 
 
 def load_trained(path: str | Path) -> Trained:
@@ -63,11 +66,15 @@ def load_trained(path: str | Path) -> Trained:
         raise CheckpointError(f"checkpoint {path}: lacks {missing}; was it written by `python -m retrieval fit`?")
     hp = {k: v for k, v in ck["hyper_parameters"].items() if not k.startswith("_")}
     try:
-        model = TwoTowerModel(**hp)
-        model.load_state_dict(ck["state_dict"])
-    except ValueError as e:  # the model's own checks on its hyperparameters (towers, loss weights)
+        CorpusConfig.from_dict(ck["datamodule_hyper_parameters"])
+    except (TypeError, DataError) as e:
+        raise CheckpointError(f"checkpoint {path}: its data config is not one this version reads ({e})") from None
+    try:
+        model = TwoTower.from_hparams(hp)
+        load_state(model, ck["state_dict"])
+    except ValueError as e:  # the towers' own checks on their hyperparameters
         raise CheckpointError(f"checkpoint {path}: its hyperparameters describe no valid model ({e})") from None
-    except (TypeError, RuntimeError) as e:
+    except (TypeError, RuntimeError, KeyError, AttributeError) as e:
         raise CheckpointError(f"checkpoint {path}: weights do not fit the model it describes ({e})") from None
     model.eval()
-    return Trained(model=model, data=ck["datamodule_hyper_parameters"], vocab=ck["RetrievalData"])
+    return Trained(model=model, hparams=hp, data=ck["datamodule_hyper_parameters"], vocab=ck["RetrievalData"])

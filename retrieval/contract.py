@@ -113,6 +113,16 @@ def check_no_nulls(col: pa.Array, name: str, path: str | Path, what: str) -> Non
         raise DataError(f"{what}: {path}: column '{name}' has {n} null value(s); ids and timestamps must be set")
 
 
+def cast_ids(ids: pa.Array, want: pa.DataType, where: str | Path | None) -> pa.Array:
+    """``ids`` as ``want`` (int64 or string: the events' id type), or a DataError saying they cannot be."""
+    if ids.type == want:
+        return ids
+    try:
+        return pc.cast(ids, want)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise DataError(f"{where}: ids of type {ids.type} cannot match the events' ids of type {want}") from None
+
+
 def id_type_of(t: pa.DataType) -> str:
     """'int' or 'str': how ids are typed in answers (the service returns ids as in the data)."""
     return "int" if pa.types.is_integer(t) else "str"

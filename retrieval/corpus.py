@@ -7,16 +7,16 @@ user is embedded from the same history bag in both.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from retrieval import features
-from retrieval.contract import DataError, check_feature_table, open_table
-from retrieval.events import CONVERSION, ENGAGEMENT, DwellConfig, EventRoles, load_events
+from retrieval.contract import DataError, cast_ids, check_feature_table, open_table
+from retrieval.events import CONVERSION, ENGAGEMENT, EventRoles, SessionConfig, load_events
 from retrieval.history import event_weights, gather_history, merge_repeats, positions_before, user_bounds
 from retrieval.split import Split, temporal_split
 from retrieval.vocab import TowerVocab
@@ -55,6 +55,53 @@ class SplitConfig:
     test_start: int | None = None  # explicit epoch seconds instead of test_fraction
 
 
+DEFAULT_ROLES = EventRoles({"purchase": 1.0}, {"view": 0.5, "click": 1.0, "add_to_cart": 2.0})
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Everything the corpus is read and encoded with: the YAML's ``data`` section (less the loader's options),
+    what a checkpoint carries as the data config, and what the tests build; one object, built one way."""
+
+    events: str
+    items: str | None = None
+    users: str | None = None
+    roles: EventRoles = DEFAULT_ROLES
+    sessions: SessionConfig = SessionConfig()
+    dwell_weighting: DwellWeighting = DwellWeighting()
+    history: HistoryConfig = HistoryConfig()
+    split: SplitConfig = SplitConfig()
+    item_features: tuple[dict[str, Any], ...] = ()
+    user_features: tuple[dict[str, Any], ...] = ()
+    ts_unit: str = "s"  # unit of an integer ts column: s, ms, us or ns
+    missing_features: Literal["warn", "error"] = "warn"  # ids without a feature row, all-null feature columns
+
+    NESTED = {"roles": EventRoles, "sessions": SessionConfig, "dwell_weighting": DwellWeighting,
+              "history": HistoryConfig, "split": SplitConfig}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (a checkpoint's ``datamodule_hyper_parameters``, loadable with weights_only)."""
+        d = asdict(self)
+        d["item_features"], d["user_features"] = list(self.item_features), list(self.user_features)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **override: Any) -> CorpusConfig:
+        """From plain values (a checkpoint's data config, a YAML ``data`` section); keys it does not hold (the
+        loader's batch size, workers, ...) are the loader's and ignored; nested sections may be partial."""
+        d = {**d, **override}
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        for k, typ in cls.NESTED.items():
+            if isinstance(kw.get(k), dict):
+                kw[k] = typ(**kw[k])
+            elif kw.get(k) is None:
+                kw.pop(k, None)
+        kw["item_features"] = tuple(kw.get("item_features") or ())
+        kw["user_features"] = tuple(kw.get("user_features") or ())
+        return cls(**kw)
+
+
 @dataclass
 class EvalSet:
     """Users with conversions in a window, their state at its start and their targets (catalogue rows)."""
@@ -87,44 +134,49 @@ def read_feature_table(path: str | None, key: str, specs: list[dict[str, Any]], 
 
 
 class Corpus:
-    def __init__(self, events: str, items: str | None, users: str | None, roles: EventRoles,
-                 sessions: DwellConfig, dwell_weighting: DwellWeighting, history: HistoryConfig,
-                 split: SplitConfig | None, item_features: list[dict[str, Any]], user_features: list[dict[str, Any]],
-                 state: dict[str, Any] | None = None):
-        """Load and encode. state: vocabularies from a checkpoint (index job); None fits them on training data."""
-        self.history = history
-        item_specs, user_specs = features.parse_specs(item_features, "item"), features.parse_specs(user_features, "user")
-        ev = self.events = load_events(events, roles, sessions)
-        items_table = read_feature_table(items, "item_id", item_specs, "items")
-        users_table = read_feature_table(users, "user_id", user_specs, "users")
+    def __init__(self, config: CorpusConfig, state: dict[str, Any] | None = None, split: bool = True):
+        """Load and encode. state: vocabularies from a checkpoint (index job); None fits them on training data.
+        split: cut the config's temporal split (False: every event counts as history, as in the index job)."""
+        self.config = c = config
+        self.history = c.history
+        item_specs = features.parse_specs(list(c.item_features), "item")
+        user_specs = features.parse_specs(list(c.user_features), "user")
+        ev = self.events = load_events(c.events, c.roles, c.sessions, c.ts_unit)
+        items_table = read_feature_table(c.items, "item_id", item_specs, "items")
+        users_table = read_feature_table(c.users, "user_id", user_specs, "users")
         self.split: Split | None = None
-        if split is not None:
-            self.split = temporal_split(ev.ts, split.val_fraction, split.test_fraction, split.val_start, split.test_start)
+        if split:
+            s = c.split
+            self.split = temporal_split(ev.ts, s.val_fraction, s.test_fraction, s.val_start, s.test_start)
         self.window = self.split.window(ev.ts) if self.split else np.zeros(len(ev), np.int8)
 
         cat = ev.item_vocab if items_table is None else pa.concat_arrays(
-            [ev.item_vocab, _cast_ids(items_table.column("item_id").combine_chunks(), ev.item_vocab.type, items)])
+            [ev.item_vocab, cast_ids(items_table.column("item_id").combine_chunks(), ev.item_vocab.type, c.items)])
         cat = pc.unique(cat)
         self.catalogue: pa.Array = cat.take(pc.sort_indices(cat))
+        for table, ids, key, what in ((items_table, ev.item_vocab, "item_id", "items"),
+                                      (users_table, ev.user_vocab, "user_id", "users")):
+            check_feature_coverage(table, ids, key, what, getattr(c, what), c.missing_features)
         if state is None:
             train = self.window == 0
             if not train.any():
-                raise DataError(f"events: {events}: no event falls in the training window")
-            self.item_vocab = _fit_vocab("item_id", ev.item_vocab, ev.item[train], items_table, item_specs, items)
-            self.user_vocab = _fit_vocab("user_id", ev.user_vocab, ev.user[train], users_table, user_specs, users)
+                raise DataError(f"events: {c.events}: no event falls in the training window")
+            self.item_vocab = _fit_vocab("item_id", ev.item_vocab, ev.item[train], items_table, item_specs, c.items)
+            self.user_vocab = _fit_vocab("user_id", ev.user_vocab, ev.user[train], users_table, user_specs, c.users)
         else:
             self.item_vocab = TowerVocab.from_state(state["items"])
             self.user_vocab = TowerVocab.from_state(state["users"])
-        self.item_inputs = self.item_vocab.encode(self.catalogue, items_table, str(items))  # catalogue rows
-        self.user_inputs = self.user_vocab.encode(ev.user_vocab, users_table, str(users))  # user codes
+        self.item_inputs = self.item_vocab.encode(self.catalogue, items_table, str(c.items))  # catalogue rows
+        self.user_inputs = self.user_vocab.encode(ev.user_vocab, users_table, str(c.users))  # user codes
         self.event_row = pc.index_in(ev.item_vocab, value_set=self.catalogue).to_numpy().astype(np.int64)[ev.item]
         # History bags gather catalogue rows (+1; 0 = padding) and read ids and features through these lookups.
         self.history_features = [e["name"] for e in self.item_vocab.encoders
-                                 if history.item_features and e["kind"] in ("categorical", "hashed")]
-        self._hist_row = self.event_row + 1  # [E] built once: per batch, on 11M events, it cost 10 of 13 ms
+                                 if c.history.item_features and e["kind"] in ("categorical", "hashed")]
+        self._hist_row = self.event_row + 1  # [E], built once rather than per batch
         self._hist_lookup = {"hist_items": np.concatenate([[0], self.item_inputs["id"]]),
                              **{f"hist_{k}": np.concatenate([[0], self.item_inputs[k]]) for k in self.history_features}}
-        self.weight = event_weights(ev, dwell_weighting.kind, dwell_weighting.t_max, dwell_weighting.threshold)
+        dw = c.dwell_weighting
+        self.weight = event_weights(ev, dw.kind, dw.t_max, dw.threshold)
         self.user_start, self.user_end = user_bounds(ev.user, len(ev.user_vocab))
         self.session_first = np.searchsorted(ev.session, ev.session, side="left")
 
@@ -198,13 +250,26 @@ class Corpus:
         return out
 
 
-def _cast_ids(ids: pa.Array, want: pa.DataType, path: str | None) -> pa.Array:
-    if ids.type == want:
-        return ids
-    try:
-        return pc.cast(ids, want)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise DataError(f"{path}: ids of type {ids.type} cannot match the events' ids of type {want}") from None
+def check_feature_coverage(table: pa.Table | None, ids: pa.Array, key: str, what: str, path: str | None,
+                           policy: str) -> None:
+    """Count the event ids with no row in their feature table and the feature columns with no value at all:
+    logged (policy "warn": those ids embed from their ID and history alone) or an error ("error")."""
+    if table is None:
+        return
+    keys = cast_ids(table.column(key).combine_chunks(), ids.type, path)
+    missing = int(pc.sum(pc.invert(pc.is_in(ids, value_set=keys))).as_py() or 0)
+    empty = [n for n in table.column_names if n != key and table.column(n).null_count == table.num_rows]
+    problems = []
+    if missing:
+        problems.append(f"{missing} of the events' {len(ids)} {key}s have no row in the table")
+    if empty:
+        problems.append(f"feature column(s) {empty} hold no value at all")
+    if not problems:
+        return
+    msg = f"{what}: {path}: " + "; ".join(problems)
+    if policy == "error":
+        raise DataError(msg + " (data.missing_features: error)")
+    log.warning("%s: those features count as missing (data.missing_features: error makes this an error)", msg)
 
 
 def _fit_vocab(key: str, vocab: pa.Array, train_codes: np.ndarray, table: pa.Table | None,

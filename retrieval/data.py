@@ -7,8 +7,7 @@ Python), sharded by rank and worker, so two cores keep the training step fed.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -16,16 +15,19 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from retrieval.contract import DataError
-from retrieval.corpus import Corpus, DwellWeighting, EvalSet, HistoryConfig, SplitConfig
-from retrieval.events import CONVERSION, DwellConfig, EventRoles
+from retrieval.corpus import (
+    DEFAULT_ROLES,
+    Corpus,
+    CorpusConfig,
+    DwellWeighting,
+    EvalSet,
+    HistoryConfig,
+    SplitConfig,
+)
+from retrieval.events import CONVERSION, EventRoles, SessionConfig
+from retrieval.inference import to_torch
 
 log = logging.getLogger(__name__)
-
-
-def to_torch(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: to_torch(v) for k, v in x.items()}
-    return torch.from_numpy(np.ascontiguousarray(x))
 
 
 def _rank_world() -> tuple[int, int]:
@@ -56,6 +58,7 @@ class TrainStream(IterableDataset):
         self.examples = corpus.examples(0)
         if len(self.examples) < batch_size:
             raise DataError(f"data: {len(self.examples)} training examples, fewer than one batch of {batch_size}")
+        check_training_conversions(corpus, self.examples)
         self.epoch = start_epoch  # advanced per __iter__; workers are persistent so each keeps counting
 
     def __len__(self) -> int:
@@ -92,6 +95,21 @@ class TrainStream(IterableDataset):
             batch["neg"], batch["neg_item"] = self.corpus.item_batch(neg), neg
             batch["neg_log_q"] = np.full(self.num_negatives, log_q_neg, np.float32)
             yield to_torch(batch)
+
+
+def check_training_conversions(corpus: Corpus, examples: np.ndarray) -> None:
+    """A DataError saying where the conversions are when none falls in the training window: a conversion model
+    trained on none would still fit, and answer from engagement alone."""
+    ev = corpus.events
+    if (ev.kind[examples] == CONVERSION).any():
+        return
+    conv = ev.kind == CONVERSION
+    where = {name: int((conv & (corpus.window == w)).sum()) for w, name in enumerate(("training", "validation", "test"))}
+    split = corpus.split
+    raise DataError(f"events: {corpus.config.events}: no conversion falls in the training window (before ts "
+                    f"{split.val_start if split else '-'}); conversions by window: {where}, between ts "
+                    f"{int(ev.ts[conv].min())} and {int(ev.ts[conv].max())}; move the split "
+                    "(data.split.val_start / test_start) or give a log with earlier conversions")
 
 
 class CatalogueStream(IterableDataset):
@@ -141,13 +159,15 @@ class RetrievalData(L.LightningDataModule):
         events: str,
         items: str | None = None,
         users: str | None = None,
-        roles: EventRoles | None = None,
-        sessions: DwellConfig = DwellConfig(),
+        roles: EventRoles = DEFAULT_ROLES,
+        sessions: SessionConfig = SessionConfig(),
         dwell_weighting: DwellWeighting = DwellWeighting(),
         history: HistoryConfig = HistoryConfig(),
         split: SplitConfig = SplitConfig(),
         item_features: list[dict[str, Any]] | None = None,
         user_features: list[dict[str, Any]] | None = None,
+        ts_unit: Literal["s", "ms", "us", "ns"] = "s",
+        missing_features: Literal["warn", "error"] = "warn",
         batch_size: int = 1024,
         num_negatives: int = 1024,
         conversion_fraction: float | None = None,
@@ -161,12 +181,15 @@ class RetrievalData(L.LightningDataModule):
             items: optional item feature table (item_id + feature columns).
             users: optional user feature table (user_id + feature columns).
             roles: conversion and engagement event names with base weights (default: purchase; view, click, add_to_cart).
-            sessions: session cut and dwell derivation.
+            sessions: session cut, dwell derivation and burst merging.
             dwell_weighting: how dwell weights engagement positives and history.
             history: the user tower's history bag.
             split: temporal train / validation / test split.
             item_features: feature specs of item columns (retrieval.features).
             user_features: feature specs of user columns.
+            ts_unit: unit of an integer ts column (a timestamp column carries its own).
+            missing_features: "warn" logs event ids without a feature row and feature columns without any value
+                (they count as missing); "error" stops.
             batch_size: training examples per batch (also the in-batch negatives).
             num_negatives: items sampled uniformly from the catalogue per batch (mixed negatives; 0 = none).
             conversion_fraction: share of each batch filled with conversions (None = the log's mix).
@@ -175,24 +198,20 @@ class RetrievalData(L.LightningDataModule):
             seed: shuffling, negatives and evaluation sampling.
         """
         super().__init__()
-        roles = roles or EventRoles({"purchase": 1.0}, {"view": 0.5, "click": 1.0, "add_to_cart": 2.0})
-        self.save_hyperparameters({
-            "events": events, "items": items, "users": users, "roles": asdict(roles), "sessions": asdict(sessions),
-            "dwell_weighting": asdict(dwell_weighting), "history": asdict(history), "split": asdict(split),
-            "item_features": item_features or [], "user_features": user_features or [], "batch_size": batch_size,
-            "num_negatives": num_negatives, "conversion_fraction": conversion_fraction, "num_workers": num_workers,
-            "max_eval_users": max_eval_users, "seed": seed,
-        })
-        self._cfg = dict(roles=roles, sessions=sessions, dwell_weighting=dwell_weighting, history=history, split=split)
+        self.config = CorpusConfig(events, items, users, roles, sessions, dwell_weighting, history, split,
+                                   tuple(item_features or ()), tuple(user_features or ()), ts_unit, missing_features)
+        # The checkpoint's data config: the corpus config's plain values (CorpusConfig.from_dict reads them back)
+        # and the loader's options.
+        self.save_hyperparameters({**self.config.to_dict(), "batch_size": batch_size, "num_negatives": num_negatives,
+                                   "conversion_fraction": conversion_fraction, "num_workers": num_workers,
+                                   "max_eval_users": max_eval_users, "seed": seed})
         self._corpus: Corpus | None = None
         self._train: TrainStream | None = None
 
     @property
     def corpus(self) -> Corpus:
         if self._corpus is None:
-            h = self.hparams
-            self._corpus = Corpus(h["events"], h["items"], h["users"], item_features=h.item_features,
-                                  user_features=h.user_features, **self._cfg)
+            self._corpus = Corpus(self.config)
         return self._corpus
 
     # Linked into the model's config (LightningCLI link_arguments, apply_on="instantiate").

@@ -13,13 +13,12 @@ import torch
 from tqdm import tqdm
 
 from retrieval.corpus import Corpus
-from retrieval.data import to_torch
-from retrieval.model import TwoTowerModel
+from retrieval.inference import TwoTower, to_torch
 from retrieval.repeat import history_items
 
 
 @torch.inference_mode()
-def embed_items(model: TwoTowerModel, corpus: Corpus, batch_size: int = 8192, progress: bool = True) -> np.ndarray:
+def embed_items(model: TwoTower, corpus: Corpus, batch_size: int = 8192, progress: bool = True) -> np.ndarray:
     """[N, D] float32 served embeddings of catalogue rows 0..N-1 (items without history too)."""
     n = corpus.n_items
     out = np.empty((n, model.embedding_dim), np.float32)
@@ -30,7 +29,7 @@ def embed_items(model: TwoTowerModel, corpus: Corpus, batch_size: int = 8192, pr
 
 
 @torch.inference_mode()
-def user_state_scores(model: TwoTowerModel, corpus: Corpus, users: np.ndarray, end: np.ndarray, now: np.ndarray,
+def user_state_scores(model: TwoTower, corpus: Corpus, users: np.ndarray, end: np.ndarray, now: np.ndarray,
                       items: np.ndarray) -> np.ndarray:
     """[B, N] full served scores (inner product + repeat term) of user states against item vectors [N, D]."""
     x = to_torch(corpus.user_batch(users, end, now))
@@ -59,7 +58,7 @@ class UserHistory:
 
 
 @torch.inference_mode()
-def user_history(model: TwoTowerModel, x: dict[str, np.ndarray], user_vecs: np.ndarray,
+def user_history(model: TwoTower, x: dict[str, np.ndarray], user_vecs: np.ndarray,
                  item_vecs: np.ndarray) -> UserHistory:
     """The history items of a user batch ``x`` (corpus.user_batch) with their full scores against ``item_vecs``;
     none when the model has no repeat term (the index alone is then exact). user_vecs: [B, K, D] of the same
@@ -73,25 +72,25 @@ def user_history(model: TwoTowerModel, x: dict[str, np.ndarray], user_vecs: np.n
     return UserHistory(offsets, rows.astype(np.int32), scores.astype(np.float32))
 
 
-def user_states(model: TwoTowerModel, corpus: Corpus, users: np.ndarray, end: np.ndarray, now: np.ndarray,
+def user_states(model: TwoTower, corpus: Corpus, users: np.ndarray, end: np.ndarray, now: np.ndarray,
                 item_vecs: np.ndarray) -> tuple[np.ndarray, UserHistory]:
     """Served vectors [B, K, D] of user codes [B] (history [user_start, end) at ``now``; K interests, 1 for a
     single-vector model) and their history items with full scores (what the service merges into an index's
     answer), from one history gather."""
     x = corpus.user_batch(users, end, now)
     with torch.inference_mode():
-        vecs = model.embed_users(to_torch(x)).numpy().reshape(len(users), model.hparams.interests, -1)
+        vecs = model.embed_users(to_torch(x)).numpy().reshape(len(users), model.interests, -1)
     return vecs, user_history(model, x, vecs, item_vecs)
 
 
-def embed_users(model: TwoTowerModel, corpus: Corpus, item_vecs: np.ndarray, batch_size: int = 8192,
+def embed_users(model: TwoTower, corpus: Corpus, item_vecs: np.ndarray, batch_size: int = 8192,
                 progress: bool = True) -> tuple[np.ndarray, UserHistory]:
     """[U, K, D] float32 embeddings of every user in the events (K interests), from their history up to the end of
     the log, and their history items with full scores against ``item_vecs`` (what the service merges into the
     index's answer)."""
     n = len(corpus.events.user_vocab)
     now = int(corpus.events.ts.max()) + 1
-    out = np.empty((n, model.hparams.interests, model.embedding_dim), np.float32)
+    out = np.empty((n, model.interests, model.embedding_dim), np.float32)
     parts = []
     for lo in tqdm(range(0, n, batch_size), desc="embed users", unit="batch", disable=not progress):
         users = np.arange(lo, min(n, lo + batch_size))

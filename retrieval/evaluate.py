@@ -18,10 +18,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from index.faiss_index import (
+    FactoryError,
+    apply_search_params,
+    build_index,
+    check_factory,
+    default_search_params,
+)
+from retrieval.answer import search_width, served_answer
+from retrieval.checkpoint import CheckpointError, load_trained
+from retrieval.contract import DataError
 from retrieval.corpus import Corpus, EvalSet
 from retrieval.embed import UserHistory, embed_items, user_state_scores, user_states
 from retrieval.events import CONVERSION, ENGAGEMENT
-from retrieval.model import TwoTowerModel
+from retrieval.inference import TwoTower
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +39,7 @@ KS = (10, 50, 100, 500)
 Scorer = Callable[[np.ndarray, EvalSet], np.ndarray]  # (positions into the eval set [B]) -> scores [B, N]
 
 
-def two_tower_scorer(model: TwoTowerModel, corpus: Corpus) -> Scorer:
+def two_tower_scorer(model: TwoTower, corpus: Corpus) -> Scorer:
     """Exact served scores: inner product of the embeddings plus the repeat term."""
     model.eval()
     items = embed_items(model, corpus, progress=False)
@@ -60,19 +70,17 @@ def with_popularity_fallback(scorer: Scorer, corpus: Corpus) -> Scorer:
     return score
 
 
-def eval_user_states(model: TwoTowerModel, corpus: Corpus, i: np.ndarray, es: EvalSet,
+def eval_user_states(model: TwoTower, corpus: Corpus, i: np.ndarray, es: EvalSet,
                      items: np.ndarray) -> tuple[np.ndarray, UserHistory]:
     """Served vectors [B, D] of evaluation users (positions ``i`` of the eval set) at the window's start, and
     their history items with full scores (what the service merges into an index's answer)."""
     return user_states(model, corpus, es.users[i], es.end[i], np.full(len(i), es.now, np.int64), items)
 
 
-def index_scorer(model: TwoTowerModel, corpus: Corpus, factory: str = "HNSW32") -> Scorer:
+def index_scorer(model: TwoTower, corpus: Corpus, factory: str = "HNSW32") -> Scorer:
     """Scores that keep only what the service answers from a FAISS index over the item vectors (the index's
-    results merged with the user's history items, as serve/store.py does): with exact scores, the recall an
-    index loses."""
-    from index.faiss_index import apply_search_params, build_index, default_search_params, merge_answer
-
+    results merged with the user's history items by the service's own retrieval.answer.served_answer): with
+    exact scores, the recall an index loses."""
     model.eval()
     vecs = embed_items(model, corpus, progress=False)
     index = build_index(vecs, factory)
@@ -81,12 +89,12 @@ def index_scorer(model: TwoTowerModel, corpus: Corpus, factory: str = "HNSW32") 
 
     def score(i: np.ndarray, es: EvalSet) -> np.ndarray:
         users, hist = eval_user_states(model, corpus, i, es, vecs)  # [B, K, D]
-        want = min(k + int(np.diff(hist.offsets).max(initial=0)), corpus.n_items)
+        want = search_width(k, int(np.diff(hist.offsets).max(initial=0)), 0, corpus.n_items)
         s, rows = index.search(users.reshape(-1, vecs.shape[1]), want)
         s, rows = s.reshape(len(i), -1, want), rows.reshape(len(i), -1, want)
         out = np.full((len(i), corpus.n_items), -np.inf, np.float32)
         for b in range(len(i)):
-            r, v = merge_answer(rows[b], s[b], *hist.of(b), k)
+            r, v = served_answer(rows[b], s[b], *hist.of(b), k)
             out[b, r] = v
         return out
 
@@ -107,6 +115,7 @@ def als_scorer(corpus: Corpus, now: int, dual: bool, factors: int = 64, iteratio
                regularization: float = 0.05, alpha: float = 20.0, seed: int = 0) -> Scorer:
     """implicit's ALS on the user x item matrix before the window: conversions only, or conversions plus
     dwell-weighted engagement (each event's weight). Users ALS never saw fall back to conversion popularity."""
+    # implicit and scipy are the bench extra's, imported only when ALS is asked for.
     import scipy.sparse as sp
     from implicit.als import AlternatingLeastSquares
 
@@ -306,10 +315,6 @@ def _positive(raw: str) -> int:
 
 def main(argv: list[str] | None = None) -> dict:
     """Score a checkpoint on its split's test (or validation) window; prints a table, returns the results."""
-    from index.faiss_index import FactoryError, check_factory
-    from retrieval.checkpoint import CheckpointError, load_trained
-    from retrieval.contract import DataError
-
     p = argparse.ArgumentParser(prog="python -m retrieval.evaluate", description=(
         "Conversion recall / NDCG at K = 10, 50, 100, 500 of a trained checkpoint on its temporal split, with 95% "
         "bootstrap intervals over users, slices and coverage, against baselines on the same users."))

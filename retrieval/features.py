@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from retrieval.contract import DataError
+from retrieval.contract import DataError, cast_ids
 
 KINDS = ("categorical", "hashed", "multi_hot", "continuous", "dense")
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -173,11 +173,6 @@ def align(ids: pa.Array, table: pa.Table | None, key: str) -> pa.Table | None:
     """Rows of ``table`` in the order of ``ids`` (rows for ids absent from the table are all null)."""
     if table is None:
         return None
-    keys = table.column(key).combine_chunks()
-    if keys.type != ids.type:
-        try:
-            keys = pc.cast(keys, ids.type)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise DataError(f"features: column '{key}' has type {keys.type} but the events' ids are {ids.type}") from None
+    keys = cast_ids(table.column(key).combine_chunks(), ids.type, f"features: column '{key}'")
     pos = pc.index_in(ids, value_set=keys)
     return table.take(pos)

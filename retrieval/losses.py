@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -16,70 +18,55 @@ def interest_scores(query: Tensor, cand: Tensor) -> Tensor:
     return (query.reshape(R * K, D) @ cand.T).view(R, K, -1).max(dim=1).values  # [R, K, C] -> [R, C]
 
 
-def sampled_softmax_loss(
-    query: Tensor,
-    target: Tensor,
-    weight: Tensor,
-    query_user: Tensor,
-    cand: Tensor,
-    cand_item: Tensor,
-    cand_user: Tensor,
-    cand_log_q: Tensor | None = None,
-    neg: Tensor | None = None,
-    neg_item: Tensor | None = None,
-    neg_log_q: Tensor | None = None,
-    cand_bonus: Tensor | None = None,
-    neg_bonus: Tensor | None = None,
-) -> Tensor:
-    """Weighted mean over query rows of -log softmax(target) over in-batch candidates and sampled negatives.
+@dataclass(frozen=True)
+class Candidates:
+    """One group of softmax columns: in-batch candidates (the batch's positives) or sampled negatives.
 
-    query: [R, D] user embeddings (temperature already folded in), or [R, K, D] with K interests (an item's
-    logit is its best interest's: ``interest_scores``); target: [R] column of each row's
-    positive among the in-batch candidates; weight: [R] example weights; query_user: [R] user key.
-    cand: [B, D] in-batch candidate item embeddings (the batch's positives); cand_item / cand_user: [B]
-    item and user key of each; cand_log_q: [B] log expected count of each candidate in a batch.
-    neg: [N, D] sampled negatives; neg_item: [N]; neg_log_q: [N] log expected count under their sampler.
-    cand_bonus / neg_bonus: [R, B] / [R, N] logits added to the inner products (the repeat term; given together).
-
-    The composition of ``softmax_logits`` and ``softmax_nll``.
+    emb: [C, D] item embeddings; item: [C] item key of each; log_q: [C] log expected count of each in a batch
+    under its sampler (None = no logQ correction); user: [C] the user whose positive each in-batch candidate is
+    (None for sampled negatives).
     """
-    logits = softmax_logits(query, target, query_user, cand, cand_item, cand_user, cand_log_q, neg, neg_item,
-                            neg_log_q)
-    if cand_bonus is not None:
-        logits = logits + (cand_bonus if logits.shape[1] == cand.shape[0] else torch.cat([cand_bonus, neg_bonus], 1))
-    return softmax_nll(logits, target, weight)
+
+    emb: Tensor
+    item: Tensor
+    log_q: Tensor | None = None
+    user: Tensor | None = None
 
 
-def softmax_logits(query: Tensor, target: Tensor, query_user: Tensor, cand: Tensor, cand_item: Tensor,
-                   cand_user: Tensor, cand_log_q: Tensor | None = None, neg: Tensor | None = None,
-                   neg_item: Tensor | None = None, neg_log_q: Tensor | None = None) -> Tensor:
-    """[R, B (+ N)] logits of the sampled softmax (arguments as in ``sampled_softmax_loss``), masked columns -inf.
+def softmax_logits(query: Tensor, target: Tensor, query_user: Tensor, cand: Candidates,
+                   neg: Candidates | None = None) -> Tensor:
+    """[R, B (+ N)] logits of the sampled softmax over in-batch candidates ``cand`` (B, with ``user`` set) and
+    sampled negatives ``neg`` (N), masked columns -inf.
+
+    query: [R, D] user embeddings (temperature already folded in), or [R, K, D] with K interests (an item's logit
+    is its best interest's: ``interest_scores``); target: [R] column of each row's positive among the in-batch
+    candidates; query_user: [R] user key of each row.
 
     logQ: every column's logit is lowered by its log expected count, the positive's too (Yi et al., 2019).
     Masking: a column is dropped for a row when it is the same item as the row's positive (accidental
     hit) or another positive of the same user in the batch, except the row's own target column; and an
-    item repeated in the batch keeps one column (its first), because cand_log_q is the chance of an item
+    item repeated in the batch keeps one column (its first), because cand.log_q is the chance of an item
     being in the batch, not its count: left in, a popular item would weigh in the denominator as many
     times as it repeats, and the model would learn to rank popular items down.
     """
-    R, B = query.shape[0], cand.shape[0]
-    logits = interest_scores(query, cand)  # [R, B]
-    if cand_log_q is not None:
-        logits = logits - cand_log_q[None, :]
-    pos_item = cand_item[target]  # [R]
+    R, B = query.shape[0], cand.emb.shape[0]
+    logits = interest_scores(query, cand.emb)  # [R, B]
+    if cand.log_q is not None:
+        logits = logits - cand.log_q[None, :]
+    pos_item = cand.item[target]  # [R]
     own = torch.zeros(R, B, dtype=torch.bool, device=query.device)
     own[torch.arange(R, device=query.device), target] = True
-    same_item = cand_item[None, :] == cand_item[:, None]  # [B, B]
+    same_item = cand.item[None, :] == cand.item[:, None]  # [B, B]
     repeat = same_item.to(torch.int8).argmax(0) != torch.arange(B, device=query.device)  # [B] not first occurrence
-    drop = ((cand_item[None, :] == pos_item[:, None]) | (cand_user[None, :] == query_user[:, None])
+    drop = ((cand.item[None, :] == pos_item[:, None]) | (cand.user[None, :] == query_user[:, None])
             | repeat[None, :]) & ~own
     logits = logits.masked_fill(drop, float("-inf"))
-    if neg is not None and neg.shape[0] > 0:
-        nl = interest_scores(query, neg)  # [R, N]
-        if neg_log_q is not None:
-            nl = nl - neg_log_q[None, :]
-        user_pos = _negatives_of_users_positives(query_user, cand_item, cand_user, neg_item)  # [R, N]
-        nl = nl.masked_fill(user_pos | (neg_item[None, :] == pos_item[:, None]), float("-inf"))
+    if neg is not None and neg.emb.shape[0] > 0:
+        nl = interest_scores(query, neg.emb)  # [R, N]
+        if neg.log_q is not None:
+            nl = nl - neg.log_q[None, :]
+        user_pos = _negatives_of_users_positives(query_user, cand.item, cand.user, neg.item)  # [R, N]
+        nl = nl.masked_fill(user_pos | (neg.item[None, :] == pos_item[:, None]), float("-inf"))
         logits = torch.cat([logits, nl], dim=1)
     return logits
 

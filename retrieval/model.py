@@ -1,4 +1,5 @@
-"""The LightningModule: wires the towers, the losses and the frequency estimator; evaluates recall."""
+"""The LightningModule: wraps the plain TwoTower (retrieval/inference.py) for the loss, the optimisers and
+validation; the streaming frequency estimator of logQ lives here, since only training needs it."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from retrieval.frequency import StreamingFrequency
-from retrieval.losses import interest_scores, softmax_logits, softmax_nll
+from retrieval.inference import TwoTower
+from retrieval.losses import Candidates, softmax_logits, softmax_nll
 from retrieval.metrics import recall_at_k
-from retrieval.repeat import history_affinity, repeat_scale
-from retrieval.towers import build_towers
+from retrieval.repeat import history_affinity
 
 
 class TwoTowerModel(L.LightningModule):
@@ -70,97 +71,49 @@ class TwoTowerModel(L.LightningModule):
         self.save_hyperparameters()
         if conversion_weight <= 0 and engagement_weight <= 0:
             raise ValueError("model: conversion_weight and engagement_weight are both 0: the served head learns nothing")
-        heads = ["conversion"] + (["engagement"] if aux_weight > 0 else [])
-        self.item_tower, self.user_tower = build_towers(item_inputs, user_inputs, embed_dim, hidden, out_dim, heads, user_ids,
-                                                        id_dropout, item_bias, interests)
-        # One raw scale per head, softplus(0) = 0.69 in served (cosine) units: enough to lift a history item
-        # into the top 100 from the start; learned from there.
-        self.repeat_raw = nn.Parameter(torch.zeros(len(heads))) if repeat else None
+        self.net = TwoTower.from_hparams(self.hparams)  # the towers and the served score: all that serving needs
         self.freq = StreamingFrequency(freq_buckets, freq_alpha)
         self.automatic_optimization = False  # two optimizers: SparseAdam for tables, Adam for dense layers
         self._val_items: list[Tensor] = []
         self._recall: dict[str, list[Tensor]] = {}
 
-    # ---- embeddings (used by the index job and the service too) ----
-    # Training scores u.e / temperature + b; served vectors [e, temperature * b] and [u, 1] give
-    # temperature times that score: the same ranking, by plain inner product.
-    @property
-    def embedding_dim(self) -> int:
-        return self.hparams.out_dim + int(self.hparams.item_bias)
-
-    def _query(self, u: Tensor) -> Tensor:
-        """[B, (K,) embedding_dim] training query: user embedding / temperature (+ 1 to pick up the item bias)."""
-        q = u / self.hparams.temperature
-        return torch.cat([q, torch.ones_like(q[..., :1])], -1) if self.hparams.item_bias else q
-
-    def embed_items(self, x: dict[str, Tensor]) -> Tensor:
-        """[B, embedding_dim] served (conversion) item vectors."""
-        e = self.item_tower(x)["conversion"]
-        if self.hparams.item_bias:
-            e = torch.cat([e[:, :-1], e[:, -1:] * self.hparams.temperature], 1)
-        return e
-
-    def embed_users(self, x: dict[str, Tensor]) -> Tensor:
-        """[B, embedding_dim] served (conversion) user vectors; [B, K, embedding_dim] with K interests."""
-        u = self.user_tower(x)["conversion"]
-        return torch.cat([u, torch.ones_like(u[..., :1])], -1) if self.hparams.item_bias else u
-
-    def repeat_scale(self, head: str = "conversion") -> Tensor:
-        """Served-units scale of the repeat term (0 without one): score += scale * log1p(history weight)."""
-        if self.repeat_raw is None:
-            return torch.zeros((), device=self.device)
-        return repeat_scale(self.repeat_raw[0 if head == "conversion" else 1])
-
-    def repeat_term(self, affinity: Tensor, head: str = "conversion") -> Tensor:
-        """The repeat term in served units, scale * log1p(affinity), of items' summed history weight (any shape);
-        the one formula behind training, evaluation and the index job's history scores."""
-        return self.repeat_scale(head) * torch.log1p(affinity)
-
-    def served_scores(self, users: Tensor, items: Tensor, user_x: dict[str, Tensor]) -> Tensor:
-        """[B, N] full scores of served user vectors [B, (K,) D] against every catalogue item [N, D] (rows in order)."""
-        scores = interest_scores(users, items)
-        if self.repeat_raw is not None:
-            catalogue = torch.arange(items.shape[0], device=items.device)  # rows past a partial catalogue drop out
-            scores = scores + self.repeat_term(history_affinity(user_x["hist_rows"], user_x["hist_weights"], catalogue))
-        return scores
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume a checkpoint written before the towers moved under ``net``: its keys sit at the top level."""
+        sd = checkpoint["state_dict"]
+        for k in [k for k in sd if not k.startswith(("net.", "freq."))]:
+            sd[f"net.{k}"] = sd.pop(k)
 
     # ---- training ----
     def _head_loss(self, head: str, u: dict[str, Tensor], p: dict[str, Tensor], n: dict[str, Tensor] | None,
                    weight: Tensor, batch: dict[str, Any], cand_log_q: Tensor | None, affinity: Tensor | None) -> Tensor:
+        net, h = self.net, self.hparams
         rows = torch.nonzero(weight > 0).squeeze(1)
         if rows.numel() == 0:  # keeps every parameter in the graph (DDP) with a zero loss
             zero = (u[head].sum() + p[head].sum()) * 0.0
-            return zero if self.repeat_raw is None else zero + self.repeat_raw.sum() * 0.0
-        h = self.hparams
-        bonus = None
-        if affinity is not None:  # [R, B + N] in logit units (the temperature divides, as for the embeddings)
-            bonus = self.repeat_term(affinity[rows], head) / h.temperature
-        query, cand = self._query(u[head][rows]), p[head]
-        neg = None if n is None else n[head]
-        logits = softmax_logits(query, rows, batch["user_key"][rows], cand, batch["pos_item"], batch["user_key"],
-                                cand_log_q, neg, batch.get("neg_item"),
-                                batch.get("neg_log_q") if h.logq else None)  # [R, B + N]
+            return zero if net.repeat_raw is None else zero + net.repeat_raw.sum() * 0.0
+        cand = Candidates(p[head], batch["pos_item"], cand_log_q, batch["user_key"])
+        neg = None if n is None else Candidates(n[head], batch["neg_item"], batch["neg_log_q"] if h.logq else None)
+        logits = softmax_logits(net.query(u[head][rows]), rows, batch["user_key"][rows], cand, neg)  # [R, B + N]
         loss = softmax_nll(logits, rows, weight[rows])
-        if bonus is not None:
+        if affinity is not None:
             # The term's scale is fitted on the towers' scores held fixed (a second softmax over detached
             # logits). Trained through the same softmax, the towers learn to push the user's other history
-            # items away to offset the term and lose their similarity structure: on the synthetic world the
-            # learned scale then stays near 0 (from 0.02 at init) or, from 0.69, validation recall@100 falls to
-            # 0.35 against 0.51 without the term.
+            # items away to offset the term and lose their similarity structure (validation recall falls).
+            bonus = net.repeat_term(affinity[rows], head) / net.temperature  # [R, B + N] in logit units
             loss = loss + softmax_nll(logits.detach() + bonus, rows, weight[rows])
         return loss
 
     def _step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        h = self.hparams
-        u, p = self.user_tower(batch["user"]), self.item_tower(batch["pos"])
-        n = self.item_tower(batch["neg"]) if batch["neg_item"].numel() else None
+        net, h = self.net, self.hparams
+        u, p = net.user_tower(batch["user"]), net.item_tower(batch["pos"])
+        n = net.item_tower(batch["neg"]) if batch["neg_item"].numel() else None
         if self.training:
             self.freq.update(batch["pos_item"])
         cand_log_q = self.freq.log_prob(batch["pos_item"]) if h.logq else None
         w, conv = batch["weight"], batch["is_conv"]
         main_w = w * torch.where(conv, h.conversion_weight, h.engagement_weight)
         affinity = None
-        if self.repeat_raw is not None:  # [B, B + N]: each user's history weight of every candidate column
+        if net.repeat_raw is not None:  # [B, B + N]: each user's history weight of every candidate column
             affinity = history_affinity(batch["user"]["hist_rows"], batch["user"]["hist_weights"],
                                         torch.cat([batch["pos_item"], batch["neg_item"]]))
         out = {"conversion": self._head_loss("conversion", u, p, n, main_w, batch, cand_log_q, affinity)}
@@ -204,10 +157,10 @@ class TwoTowerModel(L.LightningModule):
     # ---- evaluation: exact search over the full catalogue ----
     def _eval_step(self, batch: dict[str, Any], dataloader_idx: int) -> None:
         if dataloader_idx == 0:  # the catalogue, in order
-            self._val_items.append(self.embed_items(batch["item"]))
+            self._val_items.append(self.net.embed_items(batch["item"]))
             return
         items = torch.cat(self._val_items)  # [N, D]
-        scores = self.served_scores(self.embed_users(batch["user"]), items, batch["user"])  # [B, N]
+        scores = self.net.served_scores(self.net.embed_users(batch["user"]), items, batch["user"])  # [B, N]
         for name in ("conv", "eng"):
             for k, r in recall_at_k(scores, batch[f"{name}_targets"], self.hparams.recall_ks).items():
                 r = r[~r.isnan()]

@@ -11,6 +11,7 @@ from pydantic_settings import CliApp
 
 from index.artifact import ArtifactError, read_manifest
 from serve.app import create_app
+from serve.limits import header_deadline_protocol
 from serve.settings import Settings
 
 
@@ -24,8 +25,9 @@ def main(argv: list[str] | None = None) -> None:
         read_manifest(settings.artifacts)  # fail fast, in one line, on a missing or incomplete artifact
     except ArtifactError as e:
         sys.exit(f"error: {e}")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-                log_level=settings.log_level, access_log=False)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="uvloop",
+                http=header_deadline_protocol(settings.header_timeout_s), timeout_keep_alive=settings.keep_alive_s,
+                limit_concurrency=settings.max_connections, log_level=settings.log_level, access_log=False)
 
 
 if __name__ == "__main__":

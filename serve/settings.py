@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,11 +16,26 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address; loopback unless told otherwise")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
     admin_token: SecretStr | None = Field(None, description="bearer token of the admin endpoints; unset = admin disabled")
-    default_k: int = Field(100, ge=1, description="k when a request gives none")
+    default_k: int = Field(100, ge=1, description="k when a request gives none (at most max_k; lowered to it when unset)")
     max_k: int = Field(1000, ge=1, description="largest k a request may ask for")
     max_user_len: int = Field(256, ge=1, description="longest user id accepted (characters)")
     max_new_items: int = Field(10_000, ge=1, description="most items one add-items request may carry")
+    max_body_bytes: int = Field(4 << 20, ge=1024, description="largest request body (bytes); larger: 413, unread")
+    body_timeout_s: float = Field(30.0, gt=0, description="time a request body may take to arrive; slower: 408")
+    header_timeout_s: float = Field(5.0, gt=0, description="time a client may take to send a request's headers "
+                                    "(from connecting, or from its first byte); slower: the connection is closed")
+    keep_alive_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
+    max_connections: int = Field(2048, ge=1, description="open connections and requests in flight before new "
+                                 "requests get 503 (uvicorn's limit_concurrency); keep under the open-file limit")
     log_level: str = Field("info", description="uvicorn log level")
+
+    @model_validator(mode="after")
+    def _default_k_within_max_k(self) -> Settings:
+        if self.default_k > self.max_k:
+            if "default_k" in self.model_fields_set:
+                raise ValueError(f"default_k ({self.default_k}) is above max_k ({self.max_k})")
+            self.default_k = self.max_k  # only max_k was set: the default follows it down
+        return self
 
     @property
     def root(self) -> Path:

@@ -5,9 +5,10 @@ Swapping versions or adding items builds a new ``Served`` and replaces the refer
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from dataclasses import dataclass, replace
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +17,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import torch
 
 from index.artifact import ArtifactError, Manifest, read_manifest
-from index.faiss_index import apply_search_params, isin_few, merge_answer
+from index.faiss_index import apply_search_params
+from retrieval.answer import search_width, served_answer
+from retrieval.checkpoint import CheckpointError, Trained, load_trained
 from retrieval.contract import DataError
-
-# torch, Lightning and the model are imported only for embedding new items (Served.model, with_items; the app
-# loads it with the artifact when its admin endpoints are on): the answering path needs FAISS and numpy alone,
-# and a service without admin stays some 300 MB lighter.
+from retrieval.inference import to_torch
+from retrieval.vocab import TowerVocab
+from serve.new_items import items_table
 
 log = logging.getLogger(__name__)
+
+# The one spelling of an int64 id: "0", or an optional minus and digits without a leading zero (ASCII only;
+# Python's int() also takes "+5", " 5 ", "1_0", "0005" and non-ASCII digits, which would alias other ids).
+CANONICAL_INT = re.compile(r"(0|-?[1-9][0-9]{0,18})")
 
 
 class IdLookup:
@@ -41,13 +48,13 @@ class IdLookup:
             self._dict = {v: i for i, v in enumerate(ids.to_pylist())}
 
     def parse(self, raw: str) -> int | str | None:
-        """The id as typed in the data, or None when it cannot be one (so it is unknown)."""
+        """The id as typed in the data, or None when it cannot be one (so it is unknown): an int id only in its
+        canonical spelling, so that no other string aliases it."""
         if self.id_type == "str":
             return raw
-        try:
-            v = int(raw)
-        except ValueError:
+        if not CANONICAL_INT.fullmatch(raw):
             return None
+        v = int(raw)
         return v if -(2**63) <= v < 2**63 else None
 
     def row(self, value: int | str | None) -> int | None:
@@ -72,13 +79,18 @@ class Served:
     history_offsets: np.ndarray  # [U + 1] into history_rows / history_scores
     history_rows: np.ndarray  # catalogue rows in each user's history bag
     history_scores: np.ndarray  # their full scores (inner product + repeat term)
-    popular_rows: np.ndarray  # [P] best first
-    popular_scores: np.ndarray  # [P]
-    added: int = 0  # items added since load (no retraining)
+    popular_rows: np.ndarray  # [N] every catalogue row: by conversions, then the rest in catalogue order
+    popular_scores: np.ndarray  # [N] share of conversions (0 for items without any)
+    model: Trained  # the towers and vocabularies (model.pt): embeds added items
+    added: int = 0  # items added since load (no retraining; not persisted)
+    added_digest: str = ""  # a hash chained over every add, so two catalogues never share a version string
 
     @property
     def model_version(self) -> str:
-        return self.manifest.model_version
+        """The artifact's version; after adds, with their count and digest: items added to one process are not
+        in another's catalogue, and the version says so."""
+        base = self.manifest.model_version
+        return base if not self.added else f"{base}+{self.added}items.{self.added_digest[:8]}"
 
     def item_id_list(self, rows: np.ndarray) -> list[Any]:
         return self.item_ids[rows].tolist()
@@ -91,60 +103,35 @@ class Served:
         bought = self.purchased_rows[self.purchased_offsets[row]: self.purchased_offsets[row + 1]]
         lo, hi = self.history_offsets[row], self.history_offsets[row + 1]
         hist_rows, hist_scores = self.history_rows[lo:hi], self.history_scores[lo:hi]
-        # Enough results that, after dropping history items (scored apart) and purchases, k remain.
-        want = min(k + (len(bought) if exclude_purchased else 0) + len(hist_rows), self.index.ntotal)
-        faiss.omp_set_num_threads(1)  # on the calling thread (the event loop): one query gains nothing from OpenMP, and loses
+        want = search_width(k, len(hist_rows), len(bought) if exclude_purchased else 0, self.index.ntotal)
+        faiss.omp_set_num_threads(1)  # on the event loop's thread: one query gains nothing from OpenMP threads
         scores, rows = self.index.search(self.user_vecs[row], want)  # [K, want]
-        rows, scores = merge_answer(rows, scores, hist_rows, hist_scores, want)
-        if exclude_purchased and len(bought):
-            keep = ~isin_few(rows, bought)
-            rows, scores = rows[keep], scores[keep]
-        rows, scores = rows[:k], scores[:k]
+        rows, scores = served_answer(rows, scores, hist_rows, hist_scores, k, bought if exclude_purchased else None)
         return None, self.item_id_list(rows), scores.tolist()
 
-    @cached_property
-    def model(self):  # retrieval.checkpoint.Trained: embeds added items (loaded on first use)
-        from retrieval.checkpoint import CheckpointError, load_trained
-
-        try:
-            return load_trained(self.path / "model.pt")
-        except CheckpointError as e:
-            raise ArtifactError(str(e)) from None
-
-    def with_items(self, table: pa.Table) -> Served:
-        """A new Served whose index also holds ``table``'s items, embedded from their features."""
-        import torch
-
-        from retrieval.data import to_torch
-        from retrieval.vocab import TowerVocab
-
-        trained = self.model
-        key = table.column("item_id")
-        if key.null_count:
-            raise DataError("new items: item_id must be set on every item")
-        want = pa.int64() if self.manifest.item_id_type == "int" else pa.string()
-        try:
-            ids = pc.cast(key, want).combine_chunks()
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise DataError(f"new items: item_id must be {self.manifest.item_id_type}") from None
-        if len(pc.unique(ids)) != len(ids):
-            raise DataError("new items: an item_id appears twice")
+    def with_items(self, items: list[dict[str, Any]]) -> tuple[Served, list[str]]:
+        """A new Served whose index also holds ``items`` (dicts: item_id and features), embedded from their
+        features by the item tower; and the fields it did not use. A DataError names the first bad field."""
+        vocab = TowerVocab.from_state(self.model.vocab["items"])
+        table, ignored = items_table(items, self.manifest.item_id_type, vocab.encoders)
+        ids = table.column("item_id").combine_chunks()
         new_ids = np.asarray(ids.to_pylist(), dtype=self.item_ids.dtype)
         clash = np.isin(new_ids, self.item_ids)
         if clash.any():
             raise DataError(f"new items: already in the index: {ids.filter(pa.array(clash)).to_pylist()[:5]}")
-        vocab = TowerVocab.from_state(trained.vocab["items"])
-        missing = [e["name"] for e in vocab.encoders if e["name"] not in table.column_names]
-        if missing:
-            raise DataError(f"new items: missing feature(s) {missing}")
-        x = vocab.encode(ids, table.set_column(table.column_names.index("item_id"), "item_id", ids), "new items")
+        x = vocab.encode(ids, table, "new items")
         with torch.inference_mode():
-            vecs = trained.model.embed_items(to_torch(x)).numpy()
+            vecs = self.model.model.embed_items(to_torch(x)).numpy()
         index = faiss.clone_index(self.index)  # copy-on-write: requests in flight keep the old index
         index.add(vecs)
-        out = replace(self, index=index, item_ids=np.concatenate([self.item_ids, new_ids]), added=self.added + len(ids))
-        out.__dict__["model"] = trained  # share the loaded model with the new version
-        return out
+        digest = hashlib.blake2b(self.added_digest.encode() + repr(new_ids.tolist()).encode() + vecs.tobytes(),
+                                 digest_size=16).hexdigest()
+        n = self.index.ntotal
+        all_rows = np.arange(n + len(new_ids))
+        return replace(self, index=index, item_ids=np.concatenate([self.item_ids, new_ids]),
+                       popular_rows=np.concatenate([self.popular_rows, all_rows[n:]]),
+                       popular_scores=np.concatenate([self.popular_scores, np.zeros(len(new_ids), np.float32)]),
+                       added=self.added + len(new_ids), added_digest=digest), ignored
 
 
 def _vectors(path: Path, n: int, per_row: int, dim: int) -> tuple[pa.Table, np.ndarray]:
@@ -186,19 +173,28 @@ def load_served(folder: str | Path) -> Served:
     if not np.array_equal(history.offsets.to_numpy(), history_score.offsets.to_numpy()):
         raise ArtifactError(f"artifact {folder}: users.parquet history and history_score do not line up")
     item_ids = items.to_numpy(zero_copy_only=False)
-    pop_rows = pc.index_in(pop.column("item_id"), value_set=items).to_numpy(zero_copy_only=False)
+    pop_rows = pc.index_in(pop.column("item_id"), value_set=items).to_numpy(zero_copy_only=False).astype(np.int64)
+    # The fallback answers any k up to the catalogue: popular items first, then the rest in catalogue order.
+    rest = np.setdiff1d(np.arange(m.n_items), pop_rows, assume_unique=False)
+    pop_scores = np.concatenate([pop.column("score").to_numpy().astype(np.float32), np.zeros(len(rest), np.float32)])
+    try:
+        trained = load_trained(folder / "model.pt")
+    except CheckpointError as e:
+        raise ArtifactError(f"artifact {folder}: model.pt: {e}") from None
+    if trained.model.embedding_dim != m.embedding_dim or trained.model.interests != m.interests:
+        raise ArtifactError(f"artifact {folder}: model.pt embeds dim {trained.model.embedding_dim} with "
+                            f"{trained.model.interests} interest(s), the manifest says dim {m.embedding_dim} with "
+                            f"{m.interests}")
     served = Served(
         path=folder, manifest=m, index=index, item_ids=item_ids,
         users=IdLookup(users_t.column("user_id").combine_chunks(), m.user_id_type), user_vecs=user_vecs,
         purchased_offsets=purchased.offsets.to_numpy(), purchased_rows=purchased.values.to_numpy(),
         history_offsets=history.offsets.to_numpy(), history_rows=history.values.to_numpy(),
         history_scores=history_score.values.to_numpy(),
-        popular_rows=pop_rows.astype(np.int64), popular_scores=pop.column("score").to_numpy().astype(np.float32),
+        popular_rows=np.concatenate([pop_rows, rest]), popular_scores=pop_scores, model=trained,
     )
-    # Parquet decoding leaves freed buffers in pyarrow's allocator: on 1M items and users that is ~700 MB of
-    # resident memory the service would otherwise keep (measured in bench/serve_load.py). The decoded tables go
-    # first: combine_chunks copied their columns, and with four vectors per user the table's own chunks were
-    # another 0.8 GB still held when the pool was released (resident 1.57x the artifact, bench/serve_load.py).
+    # Parquet decoding leaves freed buffers in pyarrow's allocator, which the service would keep resident; the
+    # decoded tables go first (combine_chunks copied their columns), then the pool gives the memory back.
     del users_t, pop, purchased, history, history_score
     pa.default_memory_pool().release_unused()
     log.info("serve: loaded %s (%s): %d items, %d users, recall check %s", folder, m.model_version, m.n_items,

@@ -8,6 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from retrieval.corpus import Corpus, CorpusConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
 TOKEN = "s3cret-token"
@@ -29,11 +31,7 @@ def fit_args(world: Path, root: Path, *extra: str) -> list[str]:
 
 def tiny_corpus(world: Path, **history):
     """The corpus of configs/tiny.yaml's data settings over ``world``, with a split (history options overridable)."""
-    from retrieval.corpus import Corpus, DwellWeighting, HistoryConfig, SplitConfig
-    from retrieval.events import DwellConfig, EventRoles
-
     d = yaml.safe_load(open(TINY))["data"]
-    return Corpus(str(world / "events.parquet"), str(world / "items.parquet"), str(world / "users.parquet"),
-                  roles=EventRoles(**d["roles"]), sessions=DwellConfig(), dwell_weighting=DwellWeighting(),
-                  history=HistoryConfig(**{**d.get("history", {}), **history}), split=SplitConfig(),
-                  item_features=d["item_features"], user_features=d["user_features"])
+    return Corpus(CorpusConfig.from_dict(d, events=str(world / "events.parquet"), items=str(world / "items.parquet"),
+                                         users=str(world / "users.parquet"),
+                                         history={**d.get("history", {}), **history}))

@@ -30,7 +30,7 @@ def test_artifact_contents_match_the_model(artifact, trained):
     # The slim model.pt reproduces the same item embeddings as the training checkpoint.
     a, b = load_trained(trained), load_trained(artifact / "model.pt")
     corpus = a.corpus()
-    from retrieval.data import to_torch
+    from retrieval.inference import to_torch
     x = to_torch(corpus.item_batch(np.arange(5)))
     with torch.inference_mode():
         assert torch.allclose(a.model.embed_items(x), b.model.embed_items(x))

@@ -7,7 +7,7 @@ import pytest
 from helpers import write_events
 
 from retrieval.contract import DataError
-from retrieval.events import CONVERSION, DwellConfig, EventRoles, load_events
+from retrieval.events import CONVERSION, EventRoles, SessionConfig, load_events
 from retrieval.split import temporal_split
 
 ROLES = EventRoles({"purchase": 1.0}, {"view": 0.5, "click": 1.0})
@@ -27,7 +27,7 @@ def test_dwell_is_gap_to_next_event_in_session_capped_with_last_default(tmp_path
         ev(1, 14, "view", 9000),  # > 30 min later: new session, and last: default
         ev(2, 10, "view", 500),  # other user, out of order in the file: fine
     ]
-    cfg = DwellConfig(session_gap_s=1800, cap_s=600, last_event_s=30)
+    cfg = SessionConfig(session_gap_s=1800, cap_s=600, last_event_s=30)
     e = load_events(write_events(tmp_path / "e.parquet", rows[::-1]), ROLES, cfg)
     u1 = e.user == 0
     assert e.dwell[u1].tolist() == [40, 600, 7, 30, 30]  # given dwell (7) kept; derived where missing
@@ -38,14 +38,14 @@ def test_dwell_is_gap_to_next_event_in_session_capped_with_last_default(tmp_path
 
 def test_session_id_cuts_sessions(tmp_path):
     rows = [ev(1, 10, "view", 0, s="a"), ev(1, 11, "view", 20, s="b"), ev(1, 12, "purchase", 25, s="b")]
-    e = load_events(write_events(tmp_path / "e.parquet", rows), ROLES, DwellConfig(last_event_s=3))
+    e = load_events(write_events(tmp_path / "e.parquet", rows), ROLES, SessionConfig(last_event_s=3))
     assert e.dwell.tolist() == [3, 5, 3]  # 'a' ends at once despite the 20 s gap
 
 
 def test_bursts_merge_into_first_row_with_summed_dwell(tmp_path):
     rows = [ev(1, 10, "view", 0), ev(1, 10, "view", 2), ev(1, 10, "view", 4), ev(1, 10, "click", 20),
             ev(1, 10, "view", 100), ev(1, 11, "purchase", 130)]
-    e = load_events(write_events(tmp_path / "e.parquet", rows), ROLES, DwellConfig(burst_gap_s=5, last_event_s=1))
+    e = load_events(write_events(tmp_path / "e.parquet", rows), ROLES, SessionConfig(burst_gap_s=5, last_event_s=1))
     assert e.ts.tolist() == [0, 20, 100, 130]
     assert e.dwell.tolist() == [20, 80, 30, 1]  # 2 + 2 + 16 merged; later view is a new run
     assert e.counts["merged_burst_rows"] == 2

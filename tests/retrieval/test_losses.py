@@ -6,7 +6,17 @@ import math
 
 import torch
 
-from retrieval.losses import interest_scores, sampled_softmax_loss
+from retrieval.losses import Candidates, interest_scores, softmax_logits, softmax_nll
+
+
+def sampled_softmax_loss(query, target, weight, query_user, cand, cand_item, cand_user, cand_log_q=None, neg=None,
+                         neg_item=None, neg_log_q=None, cand_bonus=None, neg_bonus=None):
+    """The loss as the model composes it: logits over the two candidate groups, the repeat bonus added, the NLL."""
+    negs = None if neg is None else Candidates(neg, neg_item, neg_log_q)
+    logits = softmax_logits(query, target, query_user, Candidates(cand, cand_item, cand_log_q, cand_user), negs)
+    if cand_bonus is not None:
+        logits = logits + (cand_bonus if logits.shape[1] == cand.shape[0] else torch.cat([cand_bonus, neg_bonus], 1))
+    return softmax_nll(logits, target, weight)
 
 
 def dot(q, c) -> float:

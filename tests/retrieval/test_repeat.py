@@ -59,7 +59,7 @@ def test_the_term_learns_its_scale_without_steering_the_towers(tiny_world):
     scores held fixed), so the term cannot make the towers push the user's own history away."""
     from helpers import tiny_corpus
 
-    from retrieval.data import to_torch
+    from retrieval.inference import to_torch
     from retrieval.model import TwoTowerModel
 
     c = tiny_corpus(tiny_world)
@@ -77,11 +77,11 @@ def test_the_term_learns_its_scale_without_steering_the_towers(tiny_world):
     for raw in (0.0, 3.0):
         m.zero_grad()
         with torch.no_grad():
-            m.repeat_raw.fill_(raw)
+            m.net.repeat_raw.fill_(raw)
         m._step(b)["total"].backward()
-        assert m.repeat_raw.grad.abs().sum() > 0
+        assert m.net.repeat_raw.grad.abs().sum() > 0
         grads.append({n: p.grad.to_dense().clone() for n, p in m.named_parameters()
-                      if p.grad is not None and n != "repeat_raw"})
+                      if p.grad is not None and n != "net.repeat_raw"})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 4
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n

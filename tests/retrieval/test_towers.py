@@ -30,18 +30,18 @@ def user_batch(n=4):
 
 
 def test_served_inner_product_is_temperature_times_training_logit():
-    m = TwoTowerModel(ITEMS, USERS, embed_dim=8, hidden=[16], out_dim=6, temperature=0.1, item_bias=True).eval()
+    m = TwoTowerModel(ITEMS, USERS, embed_dim=8, hidden=[16], out_dim=6, temperature=0.1, item_bias=True).net.eval()
     x, u = item_batch(), user_batch()
     with torch.no_grad():
         served = m.embed_users(u) @ m.embed_items(x).T  # [4, 5]
-        logits = m._query(m.user_tower(u)["conversion"]) @ m.item_tower(x)["conversion"].T
+        logits = m.query(m.user_tower(u)["conversion"]) @ m.item_tower(x)["conversion"].T
     assert m.embedding_dim == 7 and m.embed_items(x).shape == (5, 7)
     assert torch.allclose(served, 0.1 * logits, atol=1e-6)
     assert torch.allclose(m.item_tower(x)["conversion"][:, :6].norm(dim=1), torch.ones(5), atol=1e-5)
 
 
 def test_new_item_embeds_from_features_alone():
-    m = TwoTowerModel(ITEMS, USERS, embed_dim=8, hidden=[16], out_dim=6).eval()
+    m = TwoTowerModel(ITEMS, USERS, embed_dim=8, hidden=[16], out_dim=6).net.eval()
     x = item_batch()
     x["id"] = torch.zeros_like(x["id"])  # no learned id
     with torch.no_grad():
@@ -52,7 +52,7 @@ def test_new_item_embeds_from_features_alone():
 
 
 def test_history_bag_changes_the_user_and_padding_does_not():
-    m = TwoTowerModel(ITEMS, USERS, embed_dim=8, hidden=[16], out_dim=6, item_bias=False).eval()
+    m = TwoTowerModel(ITEMS, USERS, embed_dim=8, hidden=[16], out_dim=6, item_bias=False).net.eval()
     u = user_batch()
     with torch.no_grad():
         base = m.embed_users(u)
@@ -77,7 +77,8 @@ def test_sparse_and_dense_parameters_go_to_their_optimizers():
 def test_history_features_speak_for_items_without_a_learned_id():
     """A history of new items (id 0) still moves the user through their features, read from the item tower's table."""
     users = dict(USERS, history_features=["cat"])
-    m = TwoTowerModel(ITEMS, users, embed_dim=8, hidden=[16], out_dim=6, item_bias=False).eval()
+    lm = TwoTowerModel(ITEMS, users, embed_dim=8, hidden=[16], out_dim=6, item_bias=False).eval()
+    m = lm.net
     assert m.user_tower.history_features["cat"] is m.item_tower.embedder.tables["cat"]  # shared, not copied
     u = user_batch()
     new = dict(u, hist_items=torch.zeros_like(u["hist_items"]), hist_cat=torch.full((4, 7), 2))
@@ -85,16 +86,16 @@ def test_history_features_speak_for_items_without_a_learned_id():
         empty = m.embed_users(dict(new, hist_cat=torch.zeros(4, 7, dtype=torch.long)))
         assert not torch.allclose(empty, m.embed_users(new))  # category 2 says something
         assert not torch.allclose(m.embed_users(new), m.embed_users(dict(new, hist_cat=torch.full((4, 7), 3))))
-    sparse, dense = m.configure_optimizers()
+    sparse, dense = lm.configure_optimizers()
     ids = [id(p) for g in (*sparse.param_groups, *dense.param_groups) for p in g["params"]]
-    assert len(ids) == len(set(ids)) == len(list(m.parameters()))  # the shared table is optimised once
+    assert len(ids) == len(set(ids)) == len(list(lm.parameters()))  # the shared table is optimised once
 
 
 def test_interests_with_zero_keys_are_the_mean_bag():
     """InterestPooling with zero keys weighs the history as the one-vector tower does: K equal vectors, each the
     single-vector answer of the same weights."""
     users = dict(USERS, history_features=["cat"])
-    m = TwoTowerModel(ITEMS, users, embed_dim=8, hidden=[16], out_dim=6, interests=3).eval()
+    m = TwoTowerModel(ITEMS, users, embed_dim=8, hidden=[16], out_dim=6, interests=3).net.eval()
     u = user_batch()
     u["hist_cat"] = torch.randint(0, 4, (4, 7)) * (u["hist_rows"] > 0)  # some missing (0); padding has no codes
     with torch.no_grad():
@@ -108,7 +109,7 @@ def test_interests_with_zero_keys_are_the_mean_bag():
 
 
 def test_interests_differ_ignore_padding_and_survive_an_empty_history():
-    m = TwoTowerModel(ITEMS, USERS, embed_dim=8, hidden=[16], out_dim=6, interests=4, item_bias=False).eval()
+    m = TwoTowerModel(ITEMS, USERS, embed_dim=8, hidden=[16], out_dim=6, interests=4, item_bias=False).net.eval()
     u = user_batch()
     pad = torch.zeros(4, 3, dtype=torch.long)
     padded = dict(u, hist_items=torch.cat([u["hist_items"], pad], 1), hist_rows=torch.cat([u["hist_rows"], pad], 1),
@@ -143,7 +144,7 @@ def test_interests_need_a_history_bag_and_at_least_one():
 def test_a_bag_with_repeats_merged_gives_the_same_user(interests):
     """merge_repeats keeps one slot per item with the summed weight: the mean bag and the interests' attention
     weigh an item by that sum, so the user is the same from the narrower bag."""
-    m = TwoTowerModel(ITEMS, USERS, embed_dim=8, hidden=[16], out_dim=6, interests=interests).eval()
+    m = TwoTowerModel(ITEMS, USERS, embed_dim=8, hidden=[16], out_dim=6, interests=interests).net.eval()
     g = torch.Generator().manual_seed(2)
     hist = torch.randint(0, 5, (4, 12), generator=g)  # 12 events over 4 items: many repeats, some padding
     u = {"id": torch.arange(4), "region": torch.randint(0, 9, (4,), generator=g),

@@ -107,15 +107,17 @@ def test_admin_requires_token_and_is_off_without_one(root):
         assert c.post("/admin/swap", json={"path": "/etc"}, headers=AUTH).status_code == 422
 
 
-def test_model_for_new_items_is_loaded_before_ready_only_with_admin_on(root):
-    """With an admin token the model that embeds added items is loaded with the artifact (at start and on a
-    swap), so the first add does not pay for it; without one it is never loaded."""
+def test_model_is_loaded_and_checked_with_the_artifact_before_ready(root):
+    """The model in model.pt (the towers that embed added items) loads with the artifact, at start and on a swap,
+    so a first add does not pay for it and an artifact whose model cannot load never serves."""
     with TestClient(create_app(Settings(artifacts=root / "v1"))) as c:
-        assert c.get("/readyz").status_code == 200 and "model" not in vars(c.app.state.served)
+        assert c.get("/readyz").status_code == 200
+        assert c.app.state.service.served.model.model.embedding_dim == read_manifest(root / "v1").embedding_dim
     with TestClient(create_app(Settings(artifacts=root / "v1", admin_token=TOKEN))) as c:
-        assert "model" in vars(c.app.state.served)
+        first = c.app.state.service.served.model
         assert c.post("/admin/swap", json={"path": "v2"}, headers=AUTH).status_code == 200
-        assert "model" in vars(c.app.state.served) and c.app.state.served.path.name == "v2"
+        served = c.app.state.service.served
+        assert served.path.name == "v2" and served.model is not first
 
 
 def test_hot_swap_under_concurrent_requests(client, root):
@@ -189,7 +191,7 @@ def test_new_item_is_embedded_and_retrievable(client, root):
     new = {"item_id": 7_777_777, "category": "c1", "brand": "b9", "price": 30.0, "rating": 4.5}
     r = client.post("/admin/items", json={"items": [new]}, headers=AUTH)
     assert r.status_code == 200 and r.json()["n_items"] == len(items) + 1
-    served = client.app.state.served
+    served = client.app.state.service.served
     vec = served.index.reconstruct(len(items))
     users = pq.read_table(root / "v1" / "users.parquet")
     uv = np.stack(users.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)

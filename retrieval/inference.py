@@ -1,0 +1,107 @@
+"""The trained two towers as a plain nn.Module: what the index job, the service and evaluation score with.
+
+No Lightning here: training wraps this module (retrieval/model.py) for the loss and validation; everything that
+only embeds or scores (index/build.py, serve/, retrieval/evaluate.py) holds a ``TwoTower`` and its config.
+
+Training scores u.e / temperature + b; the served vectors [e, temperature * b] and [u, 1] give temperature times
+that score by plain inner product, so an inner-product index ranks exactly as the model does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from retrieval.losses import interest_scores
+from retrieval.repeat import history_affinity, repeat_scale
+from retrieval.towers import build_towers
+
+# The model hyperparameters that shape the towers and the served score; the rest (loss weights, learning rates)
+# are training's alone.
+ARCHITECTURE = ("item_inputs", "user_inputs", "embed_dim", "hidden", "out_dim", "user_ids", "interests",
+                "id_dropout", "temperature", "item_bias", "repeat")
+
+
+def to_torch(x: Any) -> Any:
+    """A batch of numpy arrays (a dict, nested) as tensors sharing their memory."""
+    if isinstance(x, dict):
+        return {k: to_torch(v) for k, v in x.items()}
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def head_names(aux_weight: float) -> list[str]:
+    """The towers' heads: the served conversion head, and the auxiliary engagement head when it has a weight."""
+    return ["conversion"] + (["engagement"] if aux_weight > 0 else [])
+
+
+class TwoTower(nn.Module):
+    def __init__(self, item_inputs: dict[str, Any], user_inputs: dict[str, Any], embed_dim: int, hidden: list[int],
+                 out_dim: int, heads: list[str], user_ids: bool = False, interests: int = 1, id_dropout: float = 0.0,
+                 temperature: float = 0.05, item_bias: bool = True, repeat: bool = True):
+        """Arguments as documented on retrieval.model.TwoTowerModel, which builds this from its own config;
+        heads: the towers' output heads, "conversion" (served) first."""
+        super().__init__()
+        self.temperature, self.item_bias, self.interests = float(temperature), bool(item_bias), int(interests)
+        self.out_dim, self.heads = int(out_dim), list(heads)
+        self.item_tower, self.user_tower = build_towers(item_inputs, user_inputs, embed_dim, hidden, out_dim, heads,
+                                                        user_ids, id_dropout, item_bias, interests)
+        # One raw scale per head, softplus(0) = 0.69 in served (cosine) units: enough to lift a history item into
+        # the top 100 from the start; learned from there.
+        self.repeat_raw = nn.Parameter(torch.zeros(len(heads))) if repeat else None
+
+    @classmethod
+    def from_hparams(cls, hp: dict[str, Any]) -> TwoTower:
+        """The module a TwoTowerModel config describes (its hyperparameters, as saved in a checkpoint)."""
+        return cls(heads=head_names(hp.get("aux_weight", 0.5)), **{k: hp[k] for k in ARCHITECTURE if k in hp})
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of a served vector: the embedding, plus one column for the item bias."""
+        return self.out_dim + int(self.item_bias)
+
+    def query(self, u: Tensor) -> Tensor:
+        """[B, (K,) embedding_dim] training query of a head's user output: u / temperature (+ 1 for the bias)."""
+        q = u / self.temperature
+        return torch.cat([q, torch.ones_like(q[..., :1])], -1) if self.item_bias else q
+
+    def embed_items(self, x: dict[str, Tensor]) -> Tensor:
+        """[B, embedding_dim] served (conversion) item vectors."""
+        e = self.item_tower(x)["conversion"]
+        if self.item_bias:
+            e = torch.cat([e[:, :-1], e[:, -1:] * self.temperature], 1)
+        return e
+
+    def embed_users(self, x: dict[str, Tensor]) -> Tensor:
+        """[B, embedding_dim] served (conversion) user vectors; [B, K, embedding_dim] with K interests."""
+        u = self.user_tower(x)["conversion"]
+        return torch.cat([u, torch.ones_like(u[..., :1])], -1) if self.item_bias else u
+
+    def repeat_scale(self, head: str = "conversion") -> Tensor:
+        """Served-units scale of the repeat term (0 without one): score += scale * log1p(history weight)."""
+        if self.repeat_raw is None:
+            return torch.zeros((), device=self.item_tower.heads["conversion"].weight.device)
+        return repeat_scale(self.repeat_raw[self.heads.index(head)])
+
+    def repeat_term(self, affinity: Tensor, head: str = "conversion") -> Tensor:
+        """The repeat term in served units, scale * log1p(affinity), of items' summed history weight (any shape):
+        the one formula behind training, evaluation and the index job's history scores."""
+        return self.repeat_scale(head) * torch.log1p(affinity)
+
+    def served_scores(self, users: Tensor, items: Tensor, user_x: dict[str, Tensor]) -> Tensor:
+        """[B, N] full scores of served user vectors [B, (K,) D] against every catalogue item [N, D] (rows in order):
+        the best interest's inner product plus the repeat term."""
+        scores = interest_scores(users, items)
+        if self.repeat_raw is not None:
+            catalogue = torch.arange(items.shape[0], device=items.device)  # rows past a partial catalogue drop out
+            scores = scores + self.repeat_term(history_affinity(user_x["hist_rows"], user_x["hist_weights"], catalogue))
+        return scores
+
+
+def load_state(net: TwoTower, state: dict[str, Tensor]) -> None:
+    """Load weights saved by a TwoTowerModel (keys under ``net.``; before the inference layer existed, at the top
+    level) or by a TwoTower itself; the training-only streaming frequency estimate (``freq.``) is not needed."""
+    own = {k.removeprefix("net."): v for k, v in state.items() if not k.startswith("freq.")}
+    net.load_state_dict(own)
