@@ -80,7 +80,7 @@ def exact_topk(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.nda
     """Brute-force top-k by inner product: ([Q, k] scores, [Q, k] rows), best first.
 
     faiss.knn blocks the queries and the vectors, so its memory stays bounded where a numpy [Q, N] score matrix
-    does not (1,000 users x 4 interests against 1M items: 16 GB, and an int64 argpartition of it twice that)."""
+    of many queries against a large catalogue does not."""
     k = min(k, len(vectors))
     if len(queries) == 0 or k == 0:
         return np.zeros((len(queries), k), np.float32), np.zeros((len(queries), k), np.int64)
@@ -99,7 +99,7 @@ def measure_recall(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray,
         return float("nan")
     k = min(k, len(vectors))
     exact_scores, _ = exact_topk(queries, vectors, k)
-    # faiss sends batches with batch x dim under this threshold to a non-BLAS path about 7x slower.
+    # faiss sends batches with batch x dim under this threshold to its slower non-BLAS path.
     faiss.cvar.distance_compute_blas_threshold = 1
     _, approx = index.search(np.ascontiguousarray(queries), k)
     valid = approx >= 0

@@ -32,6 +32,7 @@ from retrieval.corpus import Corpus, EvalSet
 from retrieval.embed import UserHistory, embed_items, user_state_scores, user_states
 from retrieval.events import CONVERSION, ENGAGEMENT
 from retrieval.inference import TwoTower
+from retrieval.metrics import recall, target_ranks
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +151,6 @@ class PerUser:
     top100: np.ndarray  # [U, 100] retrieved catalogue rows
 
 
-def _ranks(top: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Rank of each target in ``top`` (best first), len(top) where absent."""
-    hit = top[:, None] == targets[None, :]  # [kmax, T]
-    return np.where(hit.any(0), hit.argmax(0), len(top))
-
-
 def rank_targets(scorer: Scorer, es: EvalSet, n_items: int, batch: int = 512, kmax: int = max(KS)) -> PerUser:
     kmax = min(kmax, n_items)
     conv_ranks, eng_ranks, tops = [], [], []
@@ -167,20 +162,10 @@ def rank_targets(scorer: Scorer, es: EvalSet, n_items: int, batch: int = 512, km
         top = np.take_along_axis(part, order, 1)  # [B, kmax] best first
         tops.append(top[:, :100])
         for b, j in enumerate(i):
-            conv_ranks.append(_ranks(top[b], es.conversions[j]))
-            eng_ranks.append(_ranks(top[b], es.engagement[j]))
+            conv_ranks.append(target_ranks(top[b], es.conversions[j]))
+            eng_ranks.append(target_ranks(top[b], es.engagement[j]))
     return PerUser(conv_ranks=conv_ranks, eng_ranks=eng_ranks,
                    top100=np.concatenate(tops) if tops else np.zeros((0, 100), np.int64))
-
-
-def recall(ranks: list[np.ndarray], k: int, select: list[np.ndarray] | None = None) -> np.ndarray:
-    """Per user: share of (selected) targets ranked < k; NaN where a user has no (selected) target."""
-    out = np.full(len(ranks), np.nan)
-    for u, r in enumerate(ranks):
-        r = r if select is None else r[select[u]]
-        if len(r):
-            out[u] = (r < k).mean()
-    return out
 
 
 def ndcg(ranks: list[np.ndarray], k: int) -> np.ndarray:

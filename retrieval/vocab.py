@@ -68,13 +68,3 @@ def _null_type(enc: dict[str, Any]) -> pa.DataType:
     if enc["kind"] == "continuous":
         return pa.float64()
     return pa.string() if not enc.get("vocab") or isinstance(enc["vocab"][0], str) else pa.int64()
-
-
-def parse_ids(raw: list[str], id_type: str) -> pa.Array:
-    """Ids as typed in the data, from strings (a query string, a CSV)."""
-    if id_type == "int":
-        try:
-            return pa.array([int(x) for x in raw], pa.int64())
-        except ValueError:
-            raise DataError(f"ids must be integers, got {raw[:3]}") from None
-    return pa.array(raw, pa.string())
