@@ -115,3 +115,46 @@ def test_config_errors():
         EventRoles({"purchase": 1.0}, {"purchase": 1.0})
     with pytest.raises(DataError, match="names no event"):
         EventRoles({}, {"view": 1.0})
+
+
+def test_timestamps_in_milliseconds_are_not_taken_as_seconds(tmp_path):
+    """A log in milliseconds read as seconds would span centuries and cut every event into its own session."""
+    ms = [dict(r, ts=1_700_000_000_000 + 1000 * r["ts"]) for r in ok_rows()]
+    p = write_events(tmp_path / "e.parquet", ms)
+    with pytest.raises(DataError, match="ts_unit: ms") as e:
+        load_events(p, ROLES)
+    assert str(p) in str(e.value) and "'ts'" in str(e.value)
+    ev = load_events(p, ROLES, ts_unit="ms")  # said so: read as milliseconds
+    assert ev.ts.tolist() == [1_700_000_100, 1_700_000_110, 1_700_000_120]
+    assert ev.session[0] == ev.session[1]  # 10 s apart: one session, as in seconds
+
+
+def test_a_timestamp_column_carries_its_own_unit(tmp_path):
+    rows = [dict(r, ts=(1_700_000_000 + r["ts"]) * 1000) for r in ok_rows()]
+    t = pa.Table.from_pylist(rows).set_column(3, "ts", pa.array([r["ts"] for r in rows], pa.timestamp("ms")))
+    pq.write_table(t, tmp_path / "e.parquet")
+    assert load_events(tmp_path / "e.parquet", ROLES).ts.tolist() == [1_700_000_100, 1_700_000_110, 1_700_000_120]
+
+
+def test_ids_without_features_and_empty_feature_columns_are_counted(tmp_world_with_gaps, caplog):
+    from retrieval.corpus import Corpus, CorpusConfig
+
+    events, items = tmp_world_with_gaps
+    cfg = CorpusConfig(str(events), str(items), item_features=({"name": "category", "kind": "categorical"},
+                                                               {"name": "colour", "kind": "categorical"}))
+    with caplog.at_level("WARNING"):
+        Corpus(cfg)
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "1 of the events' 3 item_ids have no row" in msg and "['colour'] hold no value" in msg
+    with pytest.raises(DataError, match="1 of the events' 3 item_ids have no row"):
+        Corpus(CorpusConfig.from_dict({**cfg.to_dict(), "missing_features": "error"}))
+
+
+@pytest.fixture()
+def tmp_world_with_gaps(tmp_path):
+    rows = [row(1, 10, "view", 100), row(1, 10, "purchase", 110), row(2, 11, "view", 120), row(2, 12, "purchase", 900),
+            row(3, 10, "purchase", 2000)]
+    events = write_events(tmp_path / "e.parquet", rows)
+    items = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"item_id": [10, 11], "category": ["a", "b"], "colour": pa.nulls(2, pa.string())}), items)
+    return events, items

@@ -137,3 +137,20 @@ def test_refit_config_added_to_a_config_that_monitors_validation(tiny_world, tmp
     final = tmp_path / "checkpoints" / "final.ckpt"
     assert final.exists() and torch.load(final, weights_only=True)["epoch"] == 1
     assert not any(k.startswith("val/") for k in cli.trainer.callback_metrics)
+
+
+@pytest.mark.parametrize("fraction", ["0.25", "null"])
+def test_a_log_whose_conversions_all_fall_after_training_stops_in_one_line(tmp_path, fraction):
+    planted_world(tmp_path / "all.parquet")
+    t = pq.read_table(tmp_path / "all.parquet")
+    ts = t.column("ts").to_numpy()
+    late = pa.compute.greater_equal(t.column("ts"), int(ts.min() + 0.95 * (ts.max() - ts.min())))
+    keep = pa.compute.or_(pa.compute.not_equal(t.column("event"), "purchase"), late)
+    pq.write_table(t.filter(keep), tmp_path / "events.parquet")
+    r = subprocess.run([sys.executable, "-m", "retrieval", "fit", "--config", str(ROOT / "configs" / "tiny.yaml"),
+                        f"--data.events={tmp_path / 'events.parquet'}", "--data.items=null", "--data.users=null",
+                        "--data.item_features=[]", "--data.user_features=[]", f"--data.conversion_fraction={fraction}",
+                        f"--trainer.default_root_dir={tmp_path}"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    line = [ln for ln in r.stderr.splitlines() if "ERROR" in ln]
+    assert len(line) == 1 and "no conversion falls in the training window" in line[0] and "'test':" in line[0]
