@@ -1,4 +1,4 @@
-"""Admin: swap the served artifact, add items without retraining. Bearer token; the body is read after it.
+"""Admin: swap the served artifact, add items without retraining. Bearer token (checked before the body is read).
 
 Added items are ephemeral: they live in this process's index until the next swap or restart, and the
 ``model_version`` an answer carries says how many were added (and a digest of which), so two processes holding
@@ -18,7 +18,7 @@ from index.artifact import ArtifactError
 from retrieval.contract import DataError
 from serve.limits import json_body_schema, read_json
 from serve.responses import json_response
-from serve.service import Service, admin, served_now, service
+from serve.service import Service, served_now, service
 from serve.settings import Settings
 from serve.store import Served
 
@@ -52,7 +52,8 @@ def inside_root(raw: str, root: Path) -> Path:
 
 
 def router(settings: Settings) -> APIRouter:
-    r = APIRouter(prefix="/admin", dependencies=[Depends(admin)], responses={
+    # The bearer token of /admin/* is checked in serve.limits.RequestLimits, before the body is read.
+    r = APIRouter(prefix="/admin", responses={
         401: {"description": "missing or wrong bearer token"},
         403: {"description": "admin endpoints disabled (no token configured)"},
         409: {"description": "artifact refused; the previous version keeps serving"},

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from serve import admin, candidates, health
-from serve.limits import BodyLimit
+from serve.limits import RequestLimits
 from serve.metrics import Metrics
 from serve.service import Service
 from serve.settings import Settings
@@ -32,6 +32,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(candidates.router(settings))
     app.include_router(health.router)
     app.include_router(admin.router(settings))
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    app.add_middleware(RequestLimits, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
+                       tokens={"/admin/": admin_token})
     app.add_middleware(Metrics.Middleware, metrics=svc.metrics)  # outermost: counts refused requests too
     return app

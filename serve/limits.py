@@ -4,6 +4,7 @@ send its headers and body. Each bound is a setting (serve/settings.py) and answe
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections import Counter
 from typing import Any
 
@@ -16,6 +17,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_PARAMS = 16  # more query parameters than any endpoint takes: refused whole, before looking at each
 MAX_NAME = 64  # an unknown parameter's name is echoed in the error up to this length
+MAX_QUERY_BYTES = 4096  # longer query strings are refused (414) before they are parsed
+MAX_URL_BYTES = 8192  # a longer request target is refused by the protocol while it arrives
+_BODY = orjson.dumps({"detail": f"request target over {MAX_URL_BYTES} bytes"})
+URL_TOO_LONG = (b"HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json\r\ncontent-length: "
+                + str(len(_BODY)).encode() + b"\r\nconnection: close\r\n\r\n" + _BODY)
 
 
 def check_query(request: Request, allowed: set[str]) -> None:
@@ -51,17 +57,34 @@ async def read_json(request: Request, model: type[BaseModel]) -> Any:
         raise RequestValidationError(errors) from None
 
 
-class BodyLimit:
-    """Pure ASGI middleware: a body longer than ``max_bytes`` is refused (413) before it is read when its
-    Content-Length says so, and as soon as it passes the limit while streaming otherwise; a body that takes
-    longer than ``timeout_s`` to arrive is refused (408)."""
+class RequestLimits:
+    """Pure ASGI middleware, before any parsing: a query string over MAX_QUERY_BYTES is refused (414), one of
+    more than MAX_PARAMS parameters too (422, counted on the raw bytes); a body longer than ``max_bytes`` is
+    refused (413) before it is read when its Content-Length says so, and as soon as it passes the limit while
+    streaming otherwise; a body that takes longer than ``timeout_s`` to arrive is refused (408)."""
 
-    def __init__(self, app, max_bytes: int, timeout_s: float):
-        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+    def __init__(self, app, max_bytes: int, timeout_s: float, tokens: dict[str, str | None]):
+        """tokens: path prefix -> the bearer token its requests need (None: those endpoints are disabled)."""
+        self.app, self.max_bytes, self.timeout_s, self.tokens = app, max_bytes, timeout_s, tokens
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        for prefix, token in self.tokens.items():  # before anything is read or parsed
+            if path.startswith(prefix):
+                if token is None:
+                    return await _refuse(send, 403, f"{prefix}* endpoints are disabled: no token is configured")
+                if not bearer(dict(scope["headers"]).get(b"authorization", b"").decode("latin-1"), token):
+                    return await _refuse(send, 401, "missing or wrong bearer token",
+                                         [(b"www-authenticate", b"Bearer")])
+        query = scope.get("query_string", b"")
+        if len(query) > MAX_QUERY_BYTES:
+            return await _refuse(send, 414, f"query string over {MAX_QUERY_BYTES} bytes")
+        n = query.count(b"&") + 1 if query else 0
+        if n > MAX_PARAMS:
+            return await _refuse(send, 422, [{"loc": ["query"], "type": "too_many_parameters",
+                                              "msg": f"{n} query parameters; at most {MAX_PARAMS}"}])
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             return await _refuse(send, 413, f"request body over {self.max_bytes} bytes")
@@ -84,11 +107,17 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-async def _refuse(send, status: int, detail: str) -> None:
+def bearer(authorization: str | None, token: str) -> bool:
+    """True when an Authorization header carries ``token`` under the Bearer scheme (case-insensitive, RFC 7235)."""
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), token.encode())
+
+
+async def _refuse(send, status: int, detail: str | list, headers: list | None = None) -> None:
     body = orjson.dumps({"detail": detail})
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -100,6 +129,7 @@ def header_deadline_protocol(timeout_s: float) -> type[HttpToolsProtocol]:
 
     class HeaderDeadline(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
+        _refused = False
 
         def _arm(self) -> None:
             self._disarm()
@@ -121,6 +151,23 @@ def header_deadline_protocol(timeout_s: float) -> type[HttpToolsProtocol]:
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._arm()
+
+        def on_url(self, url: bytes) -> None:
+            super().on_url(url)
+            if len(self.url) > MAX_URL_BYTES:  # refused while it streams in: never collected, never parsed
+                self._disarm()
+                self._refused = True
+                self.transport.write(URL_TOO_LONG)
+                self.transport.close()
+                raise ValueError("request target too long")  # stops the parser (uvicorn answers a parse error...)
+
+        def send_400_response(self, msg: str) -> None:
+            if not self._refused:  # ... with a 400, unless the 414 went out already
+                super().send_400_response(msg)
+
+        def data_received(self, data: bytes) -> None:
+            if not self._refused:
+                super().data_received(data)
 
         def on_headers_complete(self) -> None:
             self._disarm()

@@ -18,11 +18,14 @@ from serve.settings import Settings
 
 
 def test_many_parameters_are_refused_whole_with_a_small_error(client):
-    query = "user=1&" + "&".join(f"{i:x}" for i in range(12_000))  # ~60 KB of distinct names
-    r = client.get(f"/candidates?{query}")
+    huge = "user=1&" + "&".join(f"{i:x}" for i in range(12_000))  # ~60 KB of distinct names
+    r = client.get(f"/candidates?{huge}")
+    assert r.status_code == 414 and len(r.content) < 1024  # refused before the query is parsed
+    many = "user=1&" + "&".join(f"p{i}" for i in range(40))
+    r = client.get(f"/candidates?{many}")
     assert r.status_code == 422 and len(r.content) < 1024
     assert [d["type"] for d in r.json()["detail"]] == ["too_many_parameters"]
-    long_name = client.get("/candidates", params={"user": "1", "x" * 5000: "1"})
+    long_name = client.get("/candidates", params={"user": "1", "x" * 3000: "1"})
     assert long_name.status_code == 422 and len(long_name.content) < 1024  # the name is echoed cut short
     assert client.get("/healthz").status_code == 200
 
@@ -40,9 +43,9 @@ def test_admin_checks_the_token_before_reading_the_body(root):
 def test_bodies_over_the_limit_are_refused_unread(root):
     with TestClient(create_app(Settings(artifacts=root / "v1", admin_token=TOKEN, max_body_bytes=4096))) as c:
         big = b'{"items": [' + b'{"item_id": 1},' * 2000 + b'{"item_id": 2}]}'
-        for headers in (AUTH, {}):  # declared length: refused before auth, before reading
-            r = c.post("/admin/items", content=big, headers={**headers, "content-type": "application/json"})
-            assert r.status_code == 413 and "4096" in r.json()["detail"]
+        r = c.post("/admin/items", content=big, headers={**AUTH, "content-type": "application/json"})
+        assert r.status_code == 413 and "4096" in r.json()["detail"]  # declared length: refused unread
+        assert c.post("/admin/items", content=big).status_code == 401  # no token: refused before the size
 
         def chunks():  # no Content-Length: counted as it streams in, refused once past the limit
             for _ in range(100):
@@ -51,7 +54,9 @@ def test_bodies_over_the_limit_are_refused_unread(root):
         r = c.post("/admin/swap", content=chunks(), headers=AUTH)
         assert r.status_code == 413
         assert c.post("/admin/swap", json={"path": "v2"}, headers=AUTH).status_code == 200  # small bodies pass
-        assert 'retrieval_requests_total{endpoint="/admin/items",status="413"} 2.0' in c.get("/metrics").text
+        text = c.get("/metrics").text
+        assert 'retrieval_requests_total{endpoint="/admin/items",status="413"} 1.0' in text
+        assert 'retrieval_requests_total{endpoint="/admin/swap",status="413"} 1.0' in text
 
 
 def test_bearer_scheme_is_required_and_case_insensitive(root):
@@ -140,3 +145,15 @@ def test_a_body_that_never_arrives_gets_408(server):
                   + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
         s.settimeout(5)
         assert s.recv(1024).startswith(b"HTTP/1.1 408")
+
+
+def test_an_overlong_request_target_is_refused_while_it_arrives(server):
+    port, base = server
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"GET /candidates?user=1&" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.settimeout(5)
+        head, _, body = s.recv(4096).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 414")
+        length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1])
+        assert length == len(body) and b"8192" in body  # a well-formed answer: its length is the body's
+    assert httpx.get(f"{base}/candidates", params={"user": "1", "k": 3}, timeout=2).status_code == 200

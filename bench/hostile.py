@@ -1,0 +1,213 @@
+"""A normal client's latency, quiet and beside a hostile client, on the real service (bounded, loopback only).
+
+    python bench/hostile.py [--checkpoint CKPT] [--seconds 15] [--port 8767]
+
+Builds a Flat artifact from the checkpoint (default: the newest demo checkpoint), starts `python -m serve` on
+127.0.0.1, and measures one keep-alive client asking for candidates back to back: first alone, then while a
+second process attacks for the same time with what the adversarial pass used: GETs with 12,000 parameter names,
+30 MB bodies to the admin endpoint without a token (declared and chunked), 200 silent connections and 100
+slowloris connections (a header byte every 0.5 s), each reopened when the server closes it. Every loop stops by
+itself after the phase. Writes the "hostile" section of docs/benchmarks.md; exits 1 when the normal client's
+p99 beside the attack is over 2x its quiet p99 or any of its requests failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import multiprocessing as mp
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import ROOT, publish, table  # noqa: E402
+from bench.serve_load import rss_mib, wait_ready  # noqa: E402
+from index.build import build  # noqa: E402
+
+TOKEN = "hostile-bench-token"
+
+
+def normal(port: int, seconds: float) -> tuple[np.ndarray, int]:
+    """Latencies (ms) of back-to-back requests on one connection, and the count of failures."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    lat, failed, end, i = [], 0, time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        t = time.perf_counter()
+        try:
+            conn.request("GET", f"/candidates?user={i % 500}&k=100")
+            r = conn.getresponse()
+            r.read()
+            failed += r.status != 200
+        except (OSError, http.client.HTTPException):
+            failed += 1
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        lat.append((time.perf_counter() - t) * 1e3)
+        i += 1
+    return np.array(lat), failed
+
+
+def _big_bodies(port: int, end: float) -> dict[str, int]:
+    """30 MB to /admin/items without a token: declared (Content-Length) and chunked; statuses counted."""
+    seen: dict[str, int] = {}
+    chunk = b"x" * 65536
+    while time.monotonic() < end:
+        for chunked in (False, True):
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                head = b"POST /admin/items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                head += b"Transfer-Encoding: chunked\r\n\r\n" if chunked else f"Content-Length: {30 << 20}\r\n\r\n".encode()
+                s.sendall(head)
+                sent = 0
+                while sent < 30 << 20 and time.monotonic() < end:
+                    s.sendall(b"10000\r\n" + chunk + b"\r\n" if chunked else chunk)
+                    sent += len(chunk)
+                    s.settimeout(0.0)
+                    try:
+                        if s.recv(1, socket.MSG_PEEK):
+                            break  # the server answered before the body was sent
+                    except BlockingIOError:
+                        pass
+                    s.settimeout(5)
+                s.settimeout(5)
+                status = s.recv(64).split(b" ")[1].decode()
+                key = f"30 MB body ({'chunked' if chunked else 'declared'}): {status}"
+                seen[key] = seen.get(key, 0) + 1
+                s.close()
+            except (OSError, IndexError):
+                pass
+    return seen
+
+
+def _slow_and_silent(port: int, end: float, silent: int, slow: int) -> int:
+    """Hold ``silent`` connections that send nothing and ``slow`` that send a header byte every 0.5 s, reopening
+    each when the server closes it; returns how many times the server closed one."""
+    header = b"GET /candidates?user=1 HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 10_000
+
+    def opened() -> socket.socket | None:
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=2)
+            s.setblocking(False)
+            return s
+        except OSError:
+            return None
+
+    conns = [[opened(), 0, kind] for kind in ["silent"] * silent + ["slow"] * slow]
+    closed = 0
+    while time.monotonic() < end:
+        for c in conns:
+            s = c[0]
+            if s is None:
+                c[0], c[1] = opened(), 0
+                continue
+            try:
+                if s.recv(1024) == b"":
+                    raise ConnectionResetError
+            except BlockingIOError:
+                if c[2] == "slow" and c[1] < len(header):
+                    try:
+                        s.send(header[c[1]: c[1] + 1])
+                        c[1] += 1
+                    except OSError:
+                        pass
+                continue
+            except OSError:
+                pass
+            closed += 1
+            s.close()
+            c[0], c[1] = opened(), 0
+        time.sleep(0.5)
+    for c in conns:
+        if c[0] is not None:
+            c[0].close()
+    return closed
+
+
+def attack(port: int, seconds: float, out) -> None:
+    """The hostile client: its loops in threads of one process, each ending after ``seconds``."""
+    end = time.monotonic() + seconds
+    result: dict = {}
+
+    def params():
+        query = "user=1&" + "&".join(f"{i:x}" for i in range(12_000))
+        while time.monotonic() < end:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                c.request("GET", f"/candidates?{query}")
+                status = c.getresponse().status
+                result[f"12,000 parameters: {status}"] = result.get(f"12,000 parameters: {status}", 0) + 1
+                c.close()
+            except (OSError, http.client.HTTPException):
+                pass
+
+    def bodies():
+        result.update(_big_bodies(port, end))
+
+    def slow():
+        result["connections closed by the server (silent or slowloris)"] = _slow_and_silent(port, end, 200, 100)
+
+    threads = [threading.Thread(target=f) for f in (params, bodies, slow)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put(result)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--seconds", type=float, default=15)
+    p.add_argument("--port", type=int, default=8767)
+    a = p.parse_args()
+    found = list((ROOT / "work").glob("demo/runs/demo/version_*/checkpoints/best.ckpt"))
+    if not a.checkpoint and not found:
+        sys.exit("no checkpoint: run `make demo` first or pass --checkpoint")
+    ckpt = a.checkpoint or str(max(found, key=lambda x: x.stat().st_mtime))
+    art = Path(tempfile.mkdtemp(prefix="hostile-")) / "v1"
+    m = build(ckpt, art, "Flat", progress=False)
+    srv = subprocess.Popen([sys.executable, "-m", "serve", "--artifacts", str(art), "--port", str(a.port),
+                            "--admin_token", TOKEN, "--log_level", "error"], cwd=ROOT)
+    try:
+        wait_ready(a.port)
+        normal(a.port, 2)  # warm-up
+        quiet, quiet_failed = normal(a.port, a.seconds)
+        queue = mp.get_context("spawn").Queue()
+        hostile = mp.get_context("spawn").Process(target=attack, args=(a.port, a.seconds, queue))
+        hostile.start()
+        time.sleep(1)  # the attack under way
+        loud, loud_failed = normal(a.port, a.seconds - 1)
+        seen = queue.get(timeout=a.seconds + 30)
+        hostile.join()
+        rss = rss_mib(srv.pid)
+    finally:
+        srv.terminate()
+        srv.wait()
+    p99q, p99l = np.percentile(quiet, 99), np.percentile(loud, 99)
+    rows = [[name, f"{len(x):,}", f"{np.percentile(x, 50):.2f}", f"{np.percentile(x, 99):.2f}", f"{f}"]
+            for name, x, f in (("quiet", quiet, quiet_failed), ("beside the hostile client", loud, loud_failed))]
+    ok = p99l <= 2 * p99q and quiet_failed == loud_failed == 0
+    publish("hostile", "Hostile client: a normal client's latency beside an attack", [
+        f"The service on the demo-world artifact ({m.n_items:,} items, Flat, {m.interests} interest vectors), one "
+        f"process with its default limits. One keep-alive client asks for k=100 back to back, {a.seconds:g} s alone, "
+        "then beside a second process that, as fast as it can, sends GETs with 12,000 parameter names, 30 MB "
+        "bodies to /admin/items without a token (declared and chunked), and holds 200 silent and 100 slowloris "
+        "connections, each hostile request on a new connection. Client, attacker and server share the machine's "
+        "cores.", "",
+        table(["normal client", "requests", "p50 ms", "p99 ms", "failed"], rows), "",
+        f"p99 beside the attack / quiet p99: **{p99l / p99q:.2f}x** (goal: at most 2x: "
+        f"{'met' if p99l <= 2 * p99q else 'not met'}). Service resident memory after the attack: {rss:,.0f} MiB.", "",
+        table(["what the hostile client got", "count"], [[k, f"{v:,}"] for k, v in sorted(seen.items())]), ""])
+    if not ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
