@@ -3,11 +3,14 @@
 An artifact folder holds:
   manifest.json     what is here, how it was made, and the measured recall of the index
   index.faiss       FAISS index over item vectors (row i = items.parquet row i), inner product
-  items.parquet     item_id, vector (the served conversion embedding)
+  items.parquet     item_id, vector (the served conversion embedding), in_hist_* (what a history bag reads of
+                    the item: its ID row and feature codes)
   users.parquet     user_id, vector (interests x embedding_dim values: one vector per interest),
                     purchased (catalogue rows the user converted on, for exclusion),
                     history / history_score (the user's history items and their full scores, inner product
-                    plus the repeat term: merged into the index's answer, retrieval/repeat.py)
+                    plus the repeat term: merged into the index's answer, retrieval/repeat.py),
+                    tail_rows / tail_events / tail_ts / tail_dwell (the user's last events, which live events
+                    follow: retrieval/live.py), in_* (the user tower's own inputs: ID row, features)
   popular.parquet   item_id, score (conversion popularity, ties by engagement: the answer for users never seen;
                     the service fills it with the rest of the catalogue)
   model.pt          item tower weights, its config and encoders (embeds new items; weights only, no pickle)
@@ -25,8 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# 2: users.parquet carries history items and their scores (the repeat term); 3: a user has `interests` vectors
-FORMAT_VERSION = 3
+# 2: users.parquet carries history items and their scores (the repeat term); 3: a user has `interests` vectors;
+# 4: the live user state: users' event tails and tower inputs, items' history lookups (in_* columns)
+FORMAT_VERSION = 4
 FILES = ("index.faiss", "items.parquet", "users.parquet", "popular.parquet", "model.pt")
 
 

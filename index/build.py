@@ -25,6 +25,7 @@ from retrieval.checkpoint import load_trained
 from retrieval.corpus import Corpus
 from retrieval.embed import embed_items, embed_users
 from retrieval.events import CONVERSION, ENGAGEMENT
+from retrieval.live import stored_tails
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,15 @@ def popularity(corpus: Corpus, top: int = 1000) -> tuple[np.ndarray, np.ndarray]
     tie = np.where(counts > 0, 0, -corpus.item_counts(ENGAGEMENT))  # items with conversions keep catalogue order
     rows = np.lexsort((tie, -counts))[: min(top, corpus.n_items)]
     return rows, (counts[rows] / max(counts.sum(), 1)).astype(np.float32)
+
+
+def input_columns(inputs: dict[str, np.ndarray], prefix: str = "in_") -> dict[str, pa.Array]:
+    """Tower inputs ([N] or [N, W] arrays) as columns: a fixed-size list where an input is a row of values."""
+    out = {}
+    for k, v in inputs.items():
+        flat = pa.array(np.ascontiguousarray(v).reshape(-1))
+        out[prefix + k] = flat if v.ndim == 1 else pa.FixedSizeListArray.from_arrays(flat, int(np.prod(v.shape[1:])))
+    return out
 
 
 def list_column(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
@@ -81,11 +91,20 @@ def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events
     out = Path(out)
     with StagingFolder(out) as tmp:
         faiss.write_index(index, str(tmp / "index.faiss"))
-        pq.write_table(vectors_table(corpus.catalogue, item_vecs, "item_id"), tmp / "items.parquet")
+        items_t = vectors_table(corpus.catalogue, item_vecs, "item_id")
+        for name, col in input_columns({k: v[1:] for k, v in corpus.hist_lookup.items()}).items():
+            items_t = items_t.append_column(name, col)  # what a live user's history bag reads per item
+        pq.write_table(items_t, tmp / "items.parquet")
+        tails = stored_tails(corpus, np.arange(len(ev.user_vocab)), corpus.user_end)
         users_t = (vectors_table(ev.user_vocab, user_vecs, "user_id")
                    .append_column("purchased", purchased_rows(corpus))
                    .append_column("history", list_column(history.offsets, history.rows))
                    .append_column("history_score", list_column(history.offsets, history.scores)))
+        for name, values in (("tail_rows", tails.rows), ("tail_events", tails.events), ("tail_ts", tails.ts),
+                             ("tail_dwell", tails.dwell)):  # the raw events a live request's events follow
+            users_t = users_t.append_column(name, list_column(tails.offsets, values))
+        for name, col in input_columns(corpus.user_inputs).items():
+            users_t = users_t.append_column(name, col)
         pq.write_table(users_t, tmp / "users.parquet")
         pq.write_table(pa.table({"item_id": corpus.catalogue.take(pa.array(pop_rows)), "score": pop_scores}),
                        tmp / "popular.parquet")

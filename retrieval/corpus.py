@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from retrieval import features
 from retrieval.contract import DataError, cast_ids, check_feature_table, open_table
 from retrieval.events import CONVERSION, ENGAGEMENT, EventRoles, SessionConfig, load_events
-from retrieval.history import event_weights, gather_history, merge_repeats, positions_before, user_bounds
+from retrieval.history import bag_inputs, event_weights, gather_history, positions_before, user_bounds
 from retrieval.split import Split, temporal_split
 from retrieval.vocab import TowerVocab
 
@@ -169,11 +169,12 @@ class Corpus:
         self.item_inputs = self.item_vocab.encode(self.catalogue, items_table, str(c.items))  # catalogue rows
         self.user_inputs = self.user_vocab.encode(ev.user_vocab, users_table, str(c.users))  # user codes
         self.event_row = pc.index_in(ev.item_vocab, value_set=self.catalogue).to_numpy().astype(np.int64)[ev.item]
-        # History bags gather catalogue rows (+1; 0 = padding) and read ids and features through these lookups.
+        # History bags gather catalogue rows (+1; 0 = padding) and read ids and features through these lookups
+        # ([N + 1] each; the index job stores them with the items, for the service's live user states).
         self.history_features = [e["name"] for e in self.item_vocab.encoders
                                  if c.history.item_features and e["kind"] in ("categorical", "hashed")]
         self._hist_row = self.event_row + 1  # [E], built once rather than per batch
-        self._hist_lookup = {"hist_items": np.concatenate([[0], self.item_inputs["id"]]),
+        self.hist_lookup = {"hist_items": np.concatenate([[0], self.item_inputs["id"]]),
                              **{f"hist_{k}": np.concatenate([[0], self.item_inputs[k]]) for k in self.history_features}}
         dw = c.dwell_weighting
         self.weight = event_weights(ev, dw.kind, dw.t_max, dw.threshold)
@@ -203,12 +204,8 @@ class Corpus:
         the last ``history.length`` events, each distinct item once with its events' summed weight."""
         rows, weights = gather_history(end, self.user_start[users], self._hist_row, self.weight, self.events.ts,
                                        now, self.history.length, self.history.half_life_days * DAY)  # [B, L]
-        rows, weights = merge_repeats(rows, weights)  # [B, W <= L]: an item's events in one slot, same bag
         out = {k: v[users] for k, v in self.user_inputs.items()}
-        for k, lookup in self._hist_lookup.items():
-            out[k] = lookup[rows]  # [B, L], 0 = padding or missing
-        out["hist_weights"] = weights
-        out["hist_rows"] = rows  # [B, L] catalogue row + 1, 0 = padding: the repeat term's keys
+        out.update(bag_inputs(rows, weights, self.hist_lookup))
         return out
 
     def examples(self, window: int = 0) -> np.ndarray:

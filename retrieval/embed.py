@@ -72,15 +72,21 @@ def user_history(model: TwoTower, x: dict[str, np.ndarray], user_vecs: np.ndarra
     return UserHistory(offsets, rows.astype(np.int32), scores.astype(np.float32))
 
 
+def states_from_inputs(model: TwoTower, x: dict[str, np.ndarray], item_vecs: np.ndarray) -> tuple[np.ndarray, UserHistory]:
+    """Served vectors [B, K, D] of a user batch ``x`` (corpus.user_batch or retrieval.live.LiveState.inputs; K
+    interests, 1 for a single-vector model) and their history items with full scores (what the service merges
+    into an index's answer). item_vecs: [N, D], or anything indexed by catalogue rows that gives them."""
+    b = len(x["hist_rows"])
+    with torch.inference_mode():
+        vecs = model.embed_users(to_torch(x)).numpy().reshape(b, model.interests, -1)
+    return vecs, user_history(model, x, vecs, item_vecs)
+
+
 def user_states(model: TwoTower, corpus: Corpus, users: np.ndarray, end: np.ndarray, now: np.ndarray,
                 item_vecs: np.ndarray) -> tuple[np.ndarray, UserHistory]:
-    """Served vectors [B, K, D] of user codes [B] (history [user_start, end) at ``now``; K interests, 1 for a
-    single-vector model) and their history items with full scores (what the service merges into an index's
-    answer), from one history gather."""
-    x = corpus.user_batch(users, end, now)
-    with torch.inference_mode():
-        vecs = model.embed_users(to_torch(x)).numpy().reshape(len(users), model.interests, -1)
-    return vecs, user_history(model, x, vecs, item_vecs)
+    """:func:`states_from_inputs` of user codes [B] with history [user_start, end) at ``now``, from one history
+    gather."""
+    return states_from_inputs(model, corpus.user_batch(users, end, now), item_vecs)
 
 
 def embed_users(model: TwoTower, corpus: Corpus, item_vecs: np.ndarray, batch_size: int = 8192,

@@ -80,6 +80,7 @@ class Events:
     item_vocab: pa.Array  # sorted distinct item ids
     event_names: list[str]
     counts: dict[str, int] = field(default_factory=dict)  # rows dropped or merged, by reason
+    derived: np.ndarray | None = None  # [E] bool: dwell derived (the log had none), not given
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -209,12 +210,13 @@ def check_ts_units(ts: np.ndarray, path: str | Path, ts_unit: str) -> None:
                         f"{hi}, beyond any shopping log{hint}")
 
 
-def sessionise(raw: RawEvents, roles: EventRoles, sessions: SessionConfig, path: str | Path = "events") -> Events:
+def sessionise(raw: RawEvents, roles: EventRoles, sessions: SessionConfig, path: str | Path = "events",
+               need_conversion: bool = True) -> Events:
     """Sort by (user, time), cut sessions, derive missing dwell, merge bursts: the training rules, which the
-    service applies to fresh events too."""
+    service applies to a user's fresh events too (need_conversion=False: one user's events need none)."""
     kind_of = np.array([CONVERSION] * len(roles.conversions) + [ENGAGEMENT] * len(roles.engagement), np.int8)
     weight_of = np.array(list(roles.conversions.values()) + list(roles.engagement.values()), np.float32)
-    if not (kind_of[raw.event] == CONVERSION).any():
+    if need_conversion and not (kind_of[raw.event] == CONVERSION).any():
         raise DataError(f"events: {path}: no conversion at all (no row with event in "
                         f"{sorted(roles.conversions)}); conversion retrieval needs some")
     # Sort by user, then time; ties keep file order (stable), so out-of-order input is fine.
@@ -236,6 +238,7 @@ def sessionise(raw: RawEvents, roles: EventRoles, sessions: SessionConfig, path:
         user=user[keep_rows], item=item[keep_rows], kind=kind_of[event[keep_rows]], event=event[keep_rows],
         base_weight=weight_of[event[keep_rows]], ts=ts[keep_rows], dwell=merged, session=session[keep_rows],
         user_vocab=raw.user_vocab, item_vocab=raw.item_vocab, event_names=roles.names, counts=counts,
+        derived=np.isnan(given)[keep_rows],
     )
 
 

@@ -88,3 +88,14 @@ def merge_repeats(items: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, n
     flat = (row * width + slot)[real]
     out_weights = np.bincount(flat, weights=s_weights[real], minlength=b * width).reshape(b, width)
     return out_items, out_weights.astype(weights.dtype)
+
+
+def bag_inputs(rows: np.ndarray, weights: np.ndarray, lookups: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The user tower's history inputs from a bag of events: rows [B, L] catalogue row + 1 (0 = padding) and
+    their weights; each distinct item once with its events' summed weight (:func:`merge_repeats`), read through
+    ``lookups`` (input name -> [N + 1] value per catalogue row + 1: the item-ID row, history feature codes)."""
+    rows, weights = merge_repeats(rows, weights)  # [B, W <= L]
+    out = {k: lookup[rows] for k, lookup in lookups.items()}  # [B, W], 0 = padding or missing
+    out["hist_weights"] = weights
+    out["hist_rows"] = rows  # [B, W] catalogue row + 1, 0 = padding: the repeat term's keys
+    return out

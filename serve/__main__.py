@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import torch
 import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import CliApp
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
         read_manifest(settings.artifacts)  # fail fast, in one line, on a missing or incomplete artifact
     except ArtifactError as e:
         sys.exit(f"error: {e}")
+    torch.set_num_threads(1)  # the user tower runs on the event loop's thread: one request, one core
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="uvloop",
                 http=header_deadline_protocol(settings.header_timeout_s), timeout_keep_alive=settings.keep_alive_s,
                 limit_concurrency=settings.max_connections, log_level=settings.log_level, access_log=False)

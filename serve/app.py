@@ -1,5 +1,5 @@
-"""The candidates service: an app factory; the artifact loads in lifespan; routers per area (candidates,
-health and metrics, admin)."""
+"""The candidates service: an app factory; the artifact and the live store open in lifespan; routers per area
+(candidates, live events, health and metrics, admin)."""
 
 import logging
 from contextlib import asynccontextmanager
@@ -7,7 +7,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from serve import admin, candidates, health
+from index.artifact import read_manifest
+from serve import admin, candidates, events, health
+from serve.events import event_models
 from serve.limits import RequestLimits
 from serve.metrics import Metrics
 from serve.service import Service
@@ -18,22 +20,28 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings) -> FastAPI:
     svc = Service(settings)
+    m = read_manifest(settings.artifacts)  # the id types make the request schemas; a swap keeps them
+    models = event_models(m.item_id_type, m.user_id_type)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         svc.served = await run_in_threadpool(svc.load, settings.artifacts)
         svc.metrics.set_version(svc.served.model_version)
+        await svc.open_store()
         yield
+        await svc.store.close()
         svc.served = None
 
     app = FastAPI(title="Conversion candidate retrieval", version="0.1.0", lifespan=lifespan,
                   description="Top-k conversion candidates per user for the ranking stage.")
     app.state.service = svc
-    app.include_router(candidates.router(settings))
+    app.include_router(candidates.router(settings, models))
     app.include_router(health.router)
     app.include_router(admin.router(settings))
-    admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    app.include_router(events.router(settings, models))
+    tokens = {prefix: token.get_secret_value() if token else None
+              for prefix, token in (("/admin/", settings.admin_token), ("/events", settings.events_token))}
     app.add_middleware(RequestLimits, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
-                       tokens={"/admin/": admin_token})
+                       tokens=tokens)
     app.add_middleware(Metrics.Middleware, metrics=svc.metrics)  # outermost: counts refused requests too
     return app

@@ -13,7 +13,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-ENDPOINTS = {"/candidates", "/healthz", "/readyz", "/metrics", "/admin/swap", "/admin/items", "/docs", "/openapi.json"}
+ENDPOINTS = {"/candidates", "/events", "/healthz", "/readyz", "/metrics", "/admin/swap", "/admin/items", "/docs",
+             "/openapi.json"}
 
 
 class Metrics:
@@ -26,6 +27,12 @@ class Metrics:
                                  registry=self.registry)
         self.fallbacks = Counter("retrieval_fallback_total", "answers from the popularity fallback (unknown users)",
                                  registry=self.registry)
+        self.live_events = Counter("retrieval_live_events_total", "events accepted by POST /events",
+                                   registry=self.registry)
+        self.live_answers = Counter("retrieval_live_answers_total", "answers from the user tower run on live events",
+                                    registry=self.registry)
+        self.live_evictions = Counter("retrieval_live_evictions_total", "users evicted from the in-memory live store",
+                                      registry=self.registry)
         self.swap_failures = Counter("retrieval_swap_failures_total", "artifact swaps refused", registry=self.registry)
         self.version = Gauge("retrieval_artifact_info", "the artifact being served", ["model_version"],
                              registry=self.registry)

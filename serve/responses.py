@@ -13,11 +13,15 @@ class Candidate(BaseModel):
 
 
 class CandidatesResponse(BaseModel):
-    user: int | str
+    user: int | str | None
     k: int = Field(description="the k asked for; fewer candidates come back only when the catalogue holds fewer")
     model_version: str = Field(description="artifact version @ checkpoint hash (+N items.DIGEST after live adds)")
     fallback: str | None = Field(description='null, or "popular" for a user the model has never seen')
     candidates: list[Candidate]
+
+
+class LiveCandidatesResponse(CandidatesResponse):
+    ignored_events: int = Field(description="events the model could not read (unknown item, event outside its roles)")
 
 
 def json_response(payload: Any, status: int = 200) -> Response:

@@ -27,6 +27,13 @@ class Settings(BaseSettings):
     keep_alive_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
     max_connections: int = Field(2048, ge=1, description="open connections and requests in flight before new "
                                  "requests get 503 (uvicorn's limit_concurrency); keep under the open-file limit")
+    events_token: SecretStr | None = Field(None, description="bearer token of POST /events; unset = /events disabled")
+    redis_url: str | None = Field(None, description="Redis for the live histories (e.g. redis://127.0.0.1:6379/0): "
+                                  "shared by every process, kept across restarts; unset = this process's memory")
+    live_max_users: int = Field(100_000, ge=1, description="users whose live history the in-memory store keeps "
+                                "(least recently used evicted)")
+    max_request_events: int = Field(200, ge=1, description="most events one POST /candidates may carry")
+    max_post_events: int = Field(1000, ge=1, description="most events one POST /events may carry")
     log_level: str = Field("info", description="uvicorn log level")
 
     @model_validator(mode="after")

@@ -24,7 +24,9 @@ from index.faiss_index import apply_search_params
 from retrieval.answer import search_width, served_answer
 from retrieval.checkpoint import CheckpointError, Trained, load_trained
 from retrieval.contract import DataError
+from retrieval.embed import states_from_inputs
 from retrieval.inference import to_torch
+from retrieval.live import EventTail, LiveState, Tails
 from retrieval.vocab import TowerVocab
 from serve.new_items import items_table
 
@@ -38,14 +40,20 @@ CANONICAL_INT = re.compile(r"(0|-?[1-9][0-9]{0,18})")
 class IdLookup:
     """Raw id string from a request -> row, for ids typed int (sorted array) or str (dict)."""
 
-    def __init__(self, ids: pa.Array, id_type: str):
+    def __init__(self, ids: pa.Array | np.ndarray | list, id_type: str, rows: np.ndarray | None = None):
+        """ids: the ids of rows 0..N-1 (or of ``rows``); int ids need not be sorted, each must be distinct."""
         self.id_type = id_type
+        if isinstance(ids, pa.Array):
+            ids = ids.to_numpy() if id_type == "int" else ids.to_pylist()
+        rows = np.arange(len(ids)) if rows is None else np.asarray(rows)
         if id_type == "int":
-            self._sorted = ids.to_numpy()
-            if len(self._sorted) > 1 and not (np.diff(self._sorted) > 0).all():
-                raise ArtifactError("artifact: user ids are not sorted and unique")
+            keys = np.asarray(ids, np.int64)
+            order = np.argsort(keys, kind="stable")
+            self._sorted, self._rows = keys[order], rows[order]
+            if len(keys) > 1 and not (np.diff(self._sorted) > 0).all():
+                raise ArtifactError("artifact: ids are not unique")
         else:
-            self._dict = {v: i for i, v in enumerate(ids.to_pylist())}
+            self._dict = dict(zip(ids, rows.tolist(), strict=True))
 
     def parse(self, raw: str) -> int | str | None:
         """The id as typed in the data, or None when it cannot be one (so it is unknown): an int id only in its
@@ -61,9 +69,41 @@ class IdLookup:
         if value is None:
             return None
         if self.id_type == "str":
-            return self._dict.get(value)
+            return self._dict.get(value) if isinstance(value, str) else None
+        if not isinstance(value, int) or not -(2**63) <= value < 2**63:
+            return None
         i = int(np.searchsorted(self._sorted, value))
-        return i if i < len(self._sorted) and self._sorted[i] == value else None
+        return int(self._rows[i]) if i < len(self._sorted) and self._sorted[i] == value else None
+
+    def rows(self, values: list) -> np.ndarray:
+        """[n] rows of ``values`` (ids as typed), -1 where unknown."""
+        return np.array([-1 if (r := self.row(v)) is None else r for v in values], np.int64)
+
+    def with_ids(self, ids: list, first_row: int) -> IdLookup:
+        """This lookup and ``ids`` at rows first_row, first_row + 1, ..."""
+        if self.id_type == "str":
+            out = IdLookup([], "str")
+            out._dict = {**self._dict, **{v: first_row + i for i, v in enumerate(ids)}}
+            return out
+        return IdLookup(np.concatenate([self._sorted, np.asarray(ids, np.int64)]), "int",
+                        np.concatenate([self._rows, first_row + np.arange(len(ids))]))
+
+
+class IndexVectors:
+    """Item vectors by catalogue row, read back from the index (no second copy in memory): what scores a live
+    user's history items. Exact for Flat and HNSW; quantised indexes give their reconstruction."""
+
+    def __init__(self, index: faiss.Index):
+        self.index = index
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.make_direct_map()
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        if len(rows) == 0:
+            return np.zeros((0, self.index.d), np.float32)
+        return self.index.reconstruct_batch(rows)
 
 
 @dataclass(frozen=True)
@@ -81,7 +121,12 @@ class Served:
     history_scores: np.ndarray  # their full scores (inner product + repeat term)
     popular_rows: np.ndarray  # [N] every catalogue row: by conversions, then the rest in catalogue order
     popular_scores: np.ndarray  # [N] share of conversions (0 for items without any)
-    model: Trained  # the towers and vocabularies (model.pt): embeds added items
+    model: Trained  # the towers and vocabularies (model.pt): embeds added items and live users
+    items: IdLookup  # item id -> catalogue row (added items too)
+    live: LiveState  # what turns raw events into user tower inputs (the training rules, the items' lookups)
+    tails: Tails  # per user row, their last events (what live events follow)
+    user_static: dict[str, np.ndarray]  # per user row, the user tower's own inputs (ID row, features)
+    blank_static: dict[str, np.ndarray]  # the same for a user the model never saw: [1, ...], all missing
     added: int = 0  # items added since load (no retraining; not persisted)
     added_digest: str = ""  # a hash chained over every add, so two catalogues never share a version string
 
@@ -109,6 +154,45 @@ class Served:
         rows, scores = served_answer(rows, scores, hist_rows, hist_scores, k, bought if exclude_purchased else None)
         return None, self.item_id_list(rows), scores.tolist()
 
+    @property
+    def event_names(self) -> list[str]:
+        return self.live.config.roles.names
+
+    def fresh_tail(self, events: list[dict[str, Any]]) -> tuple[EventTail, int]:
+        """Checked raw events (item_id, event, ts, dwell_s) as the events the model can read, and how many it
+        cannot (an item not in the catalogue, an event name outside the model's roles)."""
+        names = {n: i for i, n in enumerate(self.event_names)}
+        rows = self.items.rows([e["item_id"] for e in events])
+        codes = np.array([names.get(e["event"], -1) for e in events], np.int64)
+        ok = (rows >= 0) & (codes >= 0)
+        keep = [e for e, k in zip(events, ok, strict=True) if k]
+        tail = EventTail(rows[ok], codes[ok].astype(np.int16), np.array([e["ts"] for e in keep], np.int64),
+                         np.array([np.nan if e.get("dwell_s") is None else e["dwell_s"] for e in keep], np.float32))
+        return tail, int((~ok).sum())
+
+    def candidates_live(self, user: int | str | None, fresh: EventTail, k: int,
+                        exclude_purchased: bool) -> tuple[str | None, list, list]:
+        """(fallback, item ids, scores): the user tower run on the user's stored events followed by ``fresh``
+        ones, as of the last one's time; without fresh events, the stored answer (:meth:`candidates`)."""
+        if len(fresh) == 0:
+            return self.candidates(user, k, exclude_purchased)
+        row = self.users.row(user)
+        static = self.blank_static if row is None else {n: v[row: row + 1] for n, v in self.user_static.items()}
+        stored = EventTail.empty() if row is None else self.tails.of(row)
+        x = self.live.inputs(static, [stored.then(fresh)])
+        vecs, hist = states_from_inputs(self.model.model, x, IndexVectors(self.index))  # [1, K, D]
+        bought = np.zeros(0, np.int64)
+        if exclude_purchased:
+            conv = np.isin(fresh.events, np.arange(len(self.live.config.roles.conversions)))
+            own = self.purchased_rows[self.purchased_offsets[row]: self.purchased_offsets[row + 1]] if row is not None else []
+            bought = np.unique(np.concatenate([np.asarray(own, np.int64), fresh.rows[conv]]))
+        hist_rows, hist_scores = hist.of(0)
+        want = search_width(k, len(hist_rows), len(bought), self.index.ntotal)
+        faiss.omp_set_num_threads(1)
+        scores, rows = self.index.search(vecs[0], want)
+        rows, scores = served_answer(rows, scores, hist_rows, hist_scores, k, bought if exclude_purchased else None)
+        return None, self.item_id_list(rows), scores.tolist()
+
     def with_items(self, items: list[dict[str, Any]]) -> tuple[Served, list[str]]:
         """A new Served whose index also holds ``items`` (dicts: item_id and features), embedded from their
         features by the item tower; and the fields it did not use. A DataError names the first bad field."""
@@ -128,7 +212,10 @@ class Served:
                                  digest_size=16).hexdigest()
         n = self.index.ntotal
         all_rows = np.arange(n + len(new_ids))
+        lookups = {name: np.concatenate([v, x[name.removeprefix("hist_") if name != "hist_items" else "id"]])
+                   for name, v in self.live.lookups.items()}  # a live history naming a new item reads these
         return replace(self, index=index, item_ids=np.concatenate([self.item_ids, new_ids]),
+                       items=self.items.with_ids(new_ids.tolist(), n), live=LiveState(self.live.config, lookups),
                        popular_rows=np.concatenate([self.popular_rows, all_rows[n:]]),
                        popular_scores=np.concatenate([self.popular_scores, np.zeros(len(new_ids), np.float32)]),
                        added=self.added + len(new_ids), added_digest=digest), ignored
@@ -146,6 +233,28 @@ def _vectors(path: Path, n: int, per_row: int, dim: int) -> tuple[pa.Table, np.n
     return t, vec.values.to_numpy(zero_copy_only=False).reshape(n, per_row, dim).astype(np.float32, copy=False)
 
 
+def _inputs(table: pa.Table, name: str) -> np.ndarray:
+    """A tower input column ([N], or [N, W] from a fixed-size list) as numpy."""
+    col = table.column(name).combine_chunks()
+    if pa.types.is_fixed_size_list(col.type):
+        return col.values.to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+    return col.to_numpy(zero_copy_only=False)
+
+
+def _history_features(trained: Trained) -> list[str]:
+    """The item features a history bag reads (as Corpus.history_features)."""
+    encoders = TowerVocab.from_state(trained.vocab["items"]).encoders
+    return [e["name"] for e in encoders if trained.config.history.item_features and e["kind"] in ("categorical", "hashed")]
+
+
+def _blank_user(vocab: TowerVocab) -> dict[str, np.ndarray]:
+    """User tower inputs [1, ...] of a user the model never saw: no learned ID, every feature missing."""
+    probe = vocab.id_vocab[:1] if len(vocab.id_vocab) else pa.array([0], pa.int64())
+    out = vocab.encode(probe, None)
+    out["id"] = np.zeros(1, np.int64)
+    return out
+
+
 def load_served(folder: str | Path) -> Served:
     """Load and validate an artifact folder; any inconsistency is an ArtifactError saying which."""
     folder = Path(folder)
@@ -161,8 +270,12 @@ def load_served(folder: str | Path) -> Served:
         raise ArtifactError(f"artifact {folder}: index metric is not inner product")
     apply_search_params(index, m.search_params)
     try:
-        items = pq.read_table(folder / "items.parquet", columns=["item_id"]).column("item_id").combine_chunks()
+        items_t = pq.read_table(folder / "items.parquet")
+        items = items_t.column("item_id").combine_chunks()
         users_t, user_vecs = _vectors(folder / "users.parquet", m.n_users, m.interests, m.embedding_dim)
+        lookups = {n[3:]: np.concatenate([[0], _inputs(items_t, n)]) for n in items_t.column_names if n.startswith("in_")}
+        user_static = {n[3:]: _inputs(users_t, n) for n in users_t.column_names if n.startswith("in_")}
+        tail = {n: users_t.column(f"tail_{n}").combine_chunks() for n in ("rows", "events", "ts", "dwell")}
         pop = pq.read_table(folder / "popular.parquet")
         purchased = users_t.column("purchased").combine_chunks()
         history, history_score = users_t.column("history").combine_chunks(), users_t.column("history_score").combine_chunks()
@@ -185,8 +298,19 @@ def load_served(folder: str | Path) -> Served:
         raise ArtifactError(f"artifact {folder}: model.pt embeds dim {trained.model.embedding_dim} with "
                             f"{trained.model.interests} interest(s), the manifest says dim {m.embedding_dim} with "
                             f"{m.interests}")
+    config = trained.config
+    want = {"hist_items", *(f"hist_{f}" for f in _history_features(trained))}
+    if set(lookups) != want:
+        raise ArtifactError(f"artifact {folder}: items.parquet holds history inputs {sorted(lookups)}, its model "
+                            f"reads {sorted(want)}")
+    user_vocab = TowerVocab.from_state(trained.vocab["users"])
+    blank = _blank_user(user_vocab)
+    tails = Tails(tail["rows"].offsets.to_numpy().astype(np.int64), tail["rows"].values.to_numpy(),
+                  tail["events"].values.to_numpy(), tail["ts"].values.to_numpy(),
+                  tail["dwell"].values.to_numpy(zero_copy_only=False))
     served = Served(
-        path=folder, manifest=m, index=index, item_ids=item_ids,
+        path=folder, manifest=m, index=index, item_ids=item_ids, items=IdLookup(items, m.item_id_type),
+        live=LiveState(config, lookups), tails=tails, user_static=user_static, blank_static=blank,
         users=IdLookup(users_t.column("user_id").combine_chunks(), m.user_id_type), user_vecs=user_vecs,
         purchased_offsets=purchased.offsets.to_numpy(), purchased_rows=purchased.values.to_numpy(),
         history_offsets=history.offsets.to_numpy(), history_rows=history.values.to_numpy(),
@@ -195,7 +319,7 @@ def load_served(folder: str | Path) -> Served:
     )
     # Parquet decoding leaves freed buffers in pyarrow's allocator, which the service would keep resident; the
     # decoded tables go first (combine_chunks copied their columns), then the pool gives the memory back.
-    del users_t, pop, purchased, history, history_score
+    del users_t, items_t, pop, purchased, history, history_score, tail
     pa.default_memory_pool().release_unused()
     log.info("serve: loaded %s (%s): %d items, %d users, recall check %s", folder, m.model_version, m.n_items,
              m.n_users, m.recall_check)
