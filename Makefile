@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup bench-setup demo test test-all lint clean
+.PHONY: setup system-deps bench-setup demo test test-all lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,19 +15,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) system-deps
+
+system-deps:
+	bash scripts/system_deps.sh
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
-bench-setup: $(STAMP)
+bench-setup: $(STAMP) system-deps
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	command -v wrk >/dev/null || (apt-get install -y wrk || sudo apt-get install -y wrk)
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
 
-test-all: $(STAMP)
+test-all: $(STAMP) system-deps
 	$(BIN)/python -m pytest -m "slow or not slow"
 
 lint: $(STAMP)

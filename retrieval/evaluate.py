@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,12 +31,13 @@ from retrieval.corpus import Corpus, EvalSet
 from retrieval.embed import UserHistory, embed_items, user_state_scores, user_states
 from retrieval.events import CONVERSION, ENGAGEMENT
 from retrieval.inference import TwoTower
+from retrieval.live_eval import als_foldin_scorer, cooccurrence_scorer, live_set, live_two_tower_scorer
 from retrieval.metrics import recall, target_ranks
+from retrieval.scorers import Scorer, popularity_scorer
 
 log = logging.getLogger(__name__)
 
 KS = (10, 50, 100, 500)
-Scorer = Callable[[np.ndarray, EvalSet], np.ndarray]  # (positions into the eval set [B]) -> scores [B, N]
 
 
 def two_tower_scorer(model: TwoTower, corpus: Corpus) -> Scorer:
@@ -98,16 +98,6 @@ def index_scorer(model: TwoTower, corpus: Corpus, factory: str = "HNSW32") -> Sc
             r, v = served_answer(rows[b], s[b], *hist.of(b), k)
             out[b, r] = v
         return out
-
-    return score
-
-
-def popularity_scorer(corpus: Corpus, now: int, kind: int = CONVERSION) -> Scorer:
-    """Everyone gets the items most converted on (or engaged with) before the window."""
-    pop = corpus.item_counts(kind, now).astype(np.float32)
-
-    def score(i: np.ndarray, es: EvalSet) -> np.ndarray:
-        return np.broadcast_to(pop, (len(i), len(pop)))
 
     return score
 
@@ -280,6 +270,19 @@ def _scorers(trained, corpus: Corpus, es: EvalSet, baselines: list[str], index: 
     return out
 
 
+def _live_scorers(trained, corpus: Corpus, es: EvalSet, baselines: list[str]) -> dict[str, Scorer]:
+    """The live protocol's methods (retrieval/live_eval.py), each given the same fresh events; the model's
+    batch answer (its state at the window's start) beside its live one."""
+    batch = with_popularity_fallback(two_tower_scorer(trained.model, corpus), corpus)
+    out = {"two-tower": live_two_tower_scorer(trained.model, corpus, batch), "two-tower, batch state": batch}
+    if "popularity" in baselines:
+        out["popularity (conversions)"] = popularity_scorer(corpus, es.now)
+    out["item co-occurrence"] = cooccurrence_scorer(corpus, es.now)
+    if "als" in baselines:
+        out["ALS (dual-weighted), fresh events folded in"] = als_foldin_scorer(corpus, es.now)
+    return out
+
+
 def _text_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
     line = lambda r: "  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths, strict=True)))  # noqa: E731
@@ -310,6 +313,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--index", metavar="FACTORY", default=None,
                    help="also score the answers of a FAISS index (e.g. HNSW32): the recall the index loses")
     p.add_argument("--max-users", type=_positive, default=None, help="a seeded sample of the window's users")
+    p.add_argument("--protocol", choices=["batch", "live"], default="batch", help=(
+        "batch: every user at the window's start; live: at their first conversion in the window, with the "
+        "window's events before it as fresh events, as the live service answers"))
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args(argv)
     baselines = [] if a.baselines == "none" else a.baselines.split(",")
@@ -322,10 +328,12 @@ def main(argv: list[str] | None = None) -> dict:
         corpus = trained.corpus(split=True)
         if a.index:
             check_factory(a.index, trained.model.embedding_dim)  # before any scoring
-        es = corpus.eval_set(2 if a.window == "test" else 1, a.max_users)
+        window = 2 if a.window == "test" else 1
+        es = corpus.eval_set(window, a.max_users) if a.protocol == "batch" else live_set(corpus, window, a.max_users)
         if len(es.users) == 0:
             raise DataError(f"evaluate: no conversions in the {a.window} window of {trained.data['events']}")
-        scorers = _scorers(trained, corpus, es, baselines, a.index)
+        scorers = (_scorers(trained, corpus, es, baselines, a.index) if a.protocol == "batch"
+                   else _live_scorers(trained, corpus, es, baselines))
     except (CheckpointError, DataError, FactoryError) as e:
         sys.exit(f"error: {e}")
     except ImportError as e:
@@ -343,12 +351,20 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [[m, str(results["two-tower"][m][3]), str(behind.get(m, "-")), *(fmt_interval(results[n][m]) for n in results)]
             for m in metrics]  # users and targets behind a figure depend on the window, not on the method
     unknown_users = int((es.end == corpus.user_start[es.users]).sum())
-    print(f"{a.window} window from {es.now}: {len(es.users)} users with {behind['conv_recall@100']} distinct "
-          f"(user, item) conversions, catalogue {corpus.n_items} items; {unknown_users} users have no earlier event "
-          "and get conversion popularity from every method, as from the service. Mean over users [95% bootstrap]; "
-          "users and targets: those behind each figure (targets: conversions; engagements for eng_*).\n")
+    if a.protocol == "batch":
+        print(f"{a.window} window from {es.now}: {len(es.users)} users with {behind['conv_recall@100']} distinct "
+              f"(user, item) conversions, catalogue {corpus.n_items} items; {unknown_users} users have no earlier "
+              "event and get conversion popularity from every method, as from the service. Mean over users [95% "
+              "bootstrap]; users and targets: those behind each figure (targets: conversions; engagements for eng_*).\n")
+    else:
+        print(f"{a.window} window from {es.now}, live protocol: {len(es.users)} users at their first conversion, "
+              f"{int(es.with_fresh.sum())} of them with fresh events before it ({sum(map(len, es.fresh))} events); "
+              f"targets: {behind['conv_recall@100']} distinct (user, item) conversions from that moment on; "
+              f"{unknown_users} users have no event before the window; catalogue {corpus.n_items} items. Mean over "
+              "users [95% bootstrap].\n")
     print(_text_table(["metric", "users", "targets", *results], rows))
-    out = {"window": a.window, "window_start": es.now, "users": len(es.users), "targets": behind, "results": results}
+    out = {"window": a.window, "protocol": a.protocol, "window_start": es.now, "users": len(es.users),
+           "targets": behind, "results": results}
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1, default=float)

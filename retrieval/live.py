@@ -14,6 +14,7 @@ import pyarrow as pa
 from retrieval.corpus import DAY, Corpus, CorpusConfig
 from retrieval.events import RawEvents, sessionise
 from retrieval.history import bag_inputs, event_weights, gather_history
+from retrieval.vocab import TowerVocab
 
 
 @dataclass(frozen=True)
@@ -99,3 +100,10 @@ class LiveState:
         rows = np.stack([b[0] for b in bags])
         weights = np.stack([b[1] for b in bags])
         return {**static, **bag_inputs(rows, weights, self.lookups)}
+
+
+def blank_user(vocab: TowerVocab) -> dict[str, np.ndarray]:
+    """User tower inputs [1, ...] of a user the artifact has never seen: no learned ID, every feature missing."""
+    out = vocab.encode(vocab.id_vocab[:1] if len(vocab.id_vocab) else pa.array([0], pa.int64()), None)
+    out["id"] = np.zeros(1, np.int64)
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import redis
 import torch
 import uvicorn
 from pydantic import ValidationError
@@ -26,6 +27,11 @@ def main(argv: list[str] | None = None) -> None:
         read_manifest(settings.artifacts)  # fail fast, in one line, on a missing or incomplete artifact
     except ArtifactError as e:
         sys.exit(f"error: {e}")
+    if settings.redis_url:  # the live store must be there before the service says it is ready
+        try:
+            redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5).ping()
+        except (redis.RedisError, OSError, ValueError) as e:
+            sys.exit(f"error: Redis at {settings.redis_url} is not reachable ({e})")
     torch.set_num_threads(1)  # the user tower runs on the event loop's thread: one request, one core
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="uvloop",
                 http=header_deadline_protocol(settings.header_timeout_s), timeout_keep_alive=settings.keep_alive_s,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from serve.events import MAX_ID, EventModels, JsonInt, plain
+from serve.events import MAX_ID, EventModels, JsonInt, int_or_str, plain
 from serve.limits import check_query
 from serve.responses import CandidatesResponse, LiveCandidatesResponse, json_response
 from serve.service import Service
@@ -45,8 +45,8 @@ def router(settings: Settings, models: EventModels) -> APIRouter:
 
     class CandidatesRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        user: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_ID)] | JsonInt | None = \
-            Field(None, description="user id (optional); one the artifact does not know is a new user")
+        user: int_or_str(JsonInt, Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_ID)]) \
+            | None = Field(None, description="user id (optional); one the artifact does not know is a new user")
         k: int = Field(settings.default_k, ge=1, le=settings.max_k, description="number of candidates")
         exclude_purchased: bool = Field(False, description="drop items the user (or these events) converted on")
         events: list[models.event] = Field(default_factory=list, max_length=settings.max_request_events,

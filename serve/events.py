@@ -7,7 +7,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    WithJsonSchema,
+)
 
 from retrieval.events import MAX_TS_S
 from serve.limits import json_body_schema, read_json
@@ -48,8 +57,14 @@ def id_type(kind: str, canonical_string: bool = False, stored: bool = False) -> 
         return Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_ID)]
     integer = Int64 if stored else JsonInt
     if canonical_string:
-        return integer | Annotated[str, StringConstraints(strict=True, pattern=f"^{CANONICAL_INT.pattern}$")]
+        return int_or_str(integer, Annotated[str, StringConstraints(strict=True, pattern=f"^{CANONICAL_INT.pattern}$")])
     return integer
+
+
+def int_or_str(integer: Any, string: Any) -> Any:
+    """A value that is one of two types, chosen by its JSON type, so that an error's loc ends in "int" or "str"."""
+    return Annotated[Annotated[integer, Tag("int")] | Annotated[string, Tag("str")],
+                     Discriminator(lambda v: "str" if isinstance(v, str) else "int")]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from retrieval.checkpoint import CheckpointError, Trained, load_trained
 from retrieval.contract import DataError
 from retrieval.embed import states_from_inputs
 from retrieval.inference import to_torch
-from retrieval.live import EventTail, LiveState, Tails
+from retrieval.live import EventTail, LiveState, Tails, blank_user
 from retrieval.vocab import TowerVocab
 from serve.new_items import items_table
 
@@ -247,14 +247,6 @@ def _history_features(trained: Trained) -> list[str]:
     return [e["name"] for e in encoders if trained.config.history.item_features and e["kind"] in ("categorical", "hashed")]
 
 
-def _blank_user(vocab: TowerVocab) -> dict[str, np.ndarray]:
-    """User tower inputs [1, ...] of a user the model never saw: no learned ID, every feature missing."""
-    probe = vocab.id_vocab[:1] if len(vocab.id_vocab) else pa.array([0], pa.int64())
-    out = vocab.encode(probe, None)
-    out["id"] = np.zeros(1, np.int64)
-    return out
-
-
 def load_served(folder: str | Path) -> Served:
     """Load and validate an artifact folder; any inconsistency is an ArtifactError saying which."""
     folder = Path(folder)
@@ -304,7 +296,7 @@ def load_served(folder: str | Path) -> Served:
         raise ArtifactError(f"artifact {folder}: items.parquet holds history inputs {sorted(lookups)}, its model "
                             f"reads {sorted(want)}")
     user_vocab = TowerVocab.from_state(trained.vocab["users"])
-    blank = _blank_user(user_vocab)
+    blank = blank_user(user_vocab)
     tails = Tails(tail["rows"].offsets.to_numpy().astype(np.int64), tail["rows"].values.to_numpy(),
                   tail["events"].values.to_numpy(), tail["ts"].values.to_numpy(),
                   tail["dwell"].values.to_numpy(zero_copy_only=False))
