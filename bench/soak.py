@@ -1,4 +1,5 @@
-"""Soak: load on the real service with a hot swap and a new-item add in the middle; nothing may fail or mix.
+"""Soak: load on the real service with a hot swap and a new-item add in the middle, live queries and a stream of
+events for new users throughout; nothing may fail or mix, and memory stays bounded.
 
     python bench/soak.py [--checkpoint CKPT] [--seconds 60] [--conns 16]
 
@@ -6,7 +7,9 @@ Builds two artifact versions from one checkpoint (v1 Flat, v2 HNSW32; default ch
 starts `python -m serve` on 127.0.0.1 with an admin token, and drives it from ``conns`` keep-alive connections
 over known and unknown users. A third of the way in it swaps to v2; two thirds in it adds a new item. Every
 answer is checked against the answer its reported version gives (computed in-process beforehand), so a
-response mixing versions is caught, not only an error. Writes the "soak" section of docs/benchmarks.md.
+response mixing versions is caught, not only an error. A quarter of the connections ask POST /candidates with
+fixed fresh events (checked the same way), and a feeder posts events for ever new users to /events, so the
+in-process live store (capped at 2,000 users) evicts all along. Writes the "soak" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -36,25 +40,41 @@ TOKEN = "soak-token"
 NEW_ITEM = {"item_id": 9_999_001, "category": "c3", "brand": "b20", "price": 25.0, "rating": 4.8}
 
 
-def expected_answers(root: Path, users: list[str], k: int) -> dict:
-    """(model_version, user) -> item ids; v2 also after the new item (whose version says so)."""
+def live_bodies(root: Path, n: int = 20, k: int = 50) -> list[dict]:
+    """POST /candidates bodies of a new user each, with a few fresh events of catalogue items."""
+    items = pq.read_table(root / "v1" / "items.parquet", columns=["item_id"]).column("item_id").to_pylist()
+    rng = random.Random(1)
+    return [{"k": k, "events": [{"item_id": rng.choice(items), "event": "view", "ts": 1_900_000_000 + 40 * j}
+                                for j in range(5)]} for _ in range(n)]
+
+
+def expected_answers(root: Path, users: list[str], k: int, bodies: list[dict]) -> dict:
+    """(model_version, user or live body index) -> item ids; v2 also after the new item (its version says so)."""
     out = {}
     for v in ("v1", "v2"):
         s = load_served(root / v)
         for served in [s] + ([s.with_items([NEW_ITEM])[0]] if v == "v2" else []):
             for u in users:
                 out[(served.model_version, u)] = served.candidates(served.users.parse(u), k, False)[1]
+            for i, b in enumerate(bodies):
+                out[(served.model_version, i)] = served.candidates_live(None, served.fresh_tail(b["events"])[0],
+                                                                        b["k"], False)[1]
     return out
 
 
-def client(port: int, users: list[str], k: int, stop: threading.Event, log: list, seed: int) -> None:
+def client(port: int, users: list[str], k: int, stop: threading.Event, log: list, seed: int,
+           bodies: list[dict] | None = None) -> None:
+    """GET for users, or (bodies given) POST /candidates with fresh events; every answer logged."""
     rng = random.Random(seed)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     while not stop.is_set():
-        u = rng.choice(users)
+        u = rng.randrange(len(bodies)) if bodies else rng.choice(users)
         t = time.perf_counter()
         try:
-            conn.request("GET", f"/candidates?user={u}&k={k}")
+            if bodies:
+                conn.request("POST", "/candidates", json.dumps(bodies[u]), {"Content-Type": "application/json"})
+            else:
+                conn.request("GET", f"/candidates?user={u}&k={k}")
             r = conn.getresponse()
             body = r.read()
             status = r.status
@@ -65,6 +85,26 @@ def client(port: int, users: list[str], k: int, stop: threading.Event, log: list
         b = json.loads(body) if status == 200 else {}
         log.append((t, time.perf_counter() - t, status, b.get("model_version"), u,
                     [c["item_id"] for c in b.get("candidates", [])]))
+
+
+def feeder(port: int, stop: threading.Event, out: dict, items: list) -> None:
+    """Events for ever new users, 50 a request, as fast as the service takes them."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    user = 10**12
+    while not stop.is_set():
+        events = [{"user_id": user + j // 5, "item_id": items[(user + j) % len(items)], "event": "view",
+                   "ts": 1_900_000_000 + j} for j in range(50)]
+        user += 10
+        try:
+            conn.request("POST", "/events", json.dumps({"events": events}),
+                         {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+            r = conn.getresponse()
+            r.read()
+            out["posted"] += 50 if r.status == 200 else 0
+            out["non-2xx"] += r.status != 200
+        except (OSError, http.client.HTTPException):
+            out["errors"] += 1
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
 
 
 def admin(port: int, path: str, payload: dict) -> tuple[int, str]:
@@ -93,16 +133,22 @@ def main() -> None:
     build(ckpt, root / "v2", "HNSW32", progress=False)
     ids = pq.read_table(root / "v1" / "users.parquet", columns=["user_id"]).column("user_id").to_pylist()
     users = [str(u) for u in random.Random(0).sample(ids, 150)] + [f"unknown-{i}" for i in range(50)]
-    expected = expected_answers(root, users, a.k)
+    bodies = live_bodies(root, k=a.k)
+    expected = expected_answers(root, users, a.k, bodies)
+    items = pq.read_table(root / "v1" / "items.parquet", columns=["item_id"]).column("item_id").to_pylist()
     srv = subprocess.Popen([sys.executable, "-m", "serve", "--artifacts", str(root / "v1"), "--port", str(a.port),
-                            "--admin_token", TOKEN, "--log_level", "warning"], cwd=ROOT)
+                            "--admin_token", TOKEN, "--events_token", TOKEN, "--live_max_users", "2000",
+                            "--log_level", "warning"], cwd=ROOT)
+    fed = {"posted": 0, "non-2xx": 0, "errors": 0}
     log: list = []
     events = {}
     try:
         wait_ready(a.port)
         rss_before = rss_mib(srv.pid)
         stop = threading.Event()
-        threads = [threading.Thread(target=client, args=(a.port, users, a.k, stop, log, i)) for i in range(a.conns)]
+        threads = [threading.Thread(target=client, args=(a.port, users, a.k, stop, log, i, bodies if i % 4 == 3 else None))
+                   for i in range(a.conns)]
+        threads.append(threading.Thread(target=feeder, args=(a.port, stop, fed, items)))
         t0 = time.perf_counter()
         for t in threads:
             t.start()
@@ -119,16 +165,19 @@ def main() -> None:
         for t in threads:
             t.join()
         rss_after = rss_mib(srv.pid)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{a.port}/metrics").read().decode()
     finally:
         srv.terminate()
         srv.wait()
     bad_status = [r for r in log if r[2] != 200]
     mixed = []
-    for t, _, status, version, u, items in log:
+    for _, _, status, version, u, got in log:
         if status != 200:
             continue
-        if expected.get((version, u)) != items:  # the version names the catalogue too (+1items after the add)
+        if expected.get((version, u)) != got:  # the version names the catalogue too (+1items after the add)
             mixed.append((version, u))
+    evicted = next((line.split()[-1] for line in metrics.splitlines()
+                    if line.startswith("retrieval_live_evictions_total ")), "?")
     lat = np.array([r[1] for r in log]) * 1e3
     ts = np.array([r[0] for r in log])
     windows = {"before the swap": ts < events["swap_start"],
@@ -145,9 +194,14 @@ def main() -> None:
           table(["check", "result"], [
               ["requests", f"{len(log):,}"],
               ["non-2xx or transport errors", f"{len(bad_status)}"],
+              ["live queries (POST /candidates with 5 fresh events) among them",
+               f"{sum(isinstance(r[4], int) for r in log):,}"],
+              ["events posted to /events for new users (non-2xx, errors)",
+               f"{fed['posted']:,} ({fed['non-2xx']}, {fed['errors']})"],
+              ["users evicted from the in-memory live store (cap 2,000)", evicted],
               ["answers not equal to their version's own answer (mixed or wrong)", f"{len(mixed)}"],
               ["resident memory before / after", f"{rss_before:,.0f} MiB / {rss_after:,.0f} MiB"]]), ""])
-    if bad_status or mixed:
+    if bad_status or mixed or fed["non-2xx"] or fed["errors"]:
         sys.exit(1)
 
 

@@ -65,7 +65,7 @@ def user_history(model: TwoTower, x: dict[str, np.ndarray], user_vecs: np.ndarra
     batch (an item's inner product is its best interest's)."""
     if model.repeat_raw is None:
         return UserHistory(np.zeros(len(user_vecs) + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
-    offsets, rows, weights = history_items(x["hist_rows"], x["hist_weights"])
+    offsets, rows, weights = history_items(x["hist_rows"], x["hist_weights"], merged=True)  # bag_inputs merged them
     owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))  # [H] the user of each history item
     inner = np.einsum("hd,hkd->hk", item_vecs[rows], user_vecs[owner]).max(1, initial=-np.inf)
     scores = inner + model.repeat_term(torch.from_numpy(weights)).numpy()

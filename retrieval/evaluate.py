@@ -33,7 +33,7 @@ from retrieval.events import CONVERSION, ENGAGEMENT
 from retrieval.inference import TwoTower
 from retrieval.live_eval import als_foldin_scorer, cooccurrence_scorer, live_set, live_two_tower_scorer
 from retrieval.metrics import recall, target_ranks
-from retrieval.scorers import Scorer, popularity_scorer
+from retrieval.scorers import Scorer, fit_als, popularity_scorer
 
 log = logging.getLogger(__name__)
 
@@ -106,19 +106,7 @@ def als_scorer(corpus: Corpus, now: int, dual: bool, factors: int = 64, iteratio
                regularization: float = 0.05, alpha: float = 20.0, seed: int = 0) -> Scorer:
     """implicit's ALS on the user x item matrix before the window: conversions only, or conversions plus
     dwell-weighted engagement (each event's weight). Users ALS never saw fall back to conversion popularity."""
-    # implicit and scipy are the bench extra's, imported only when ALS is asked for.
-    import scipy.sparse as sp
-    from implicit.als import AlternatingLeastSquares
-
-    ev = corpus.events
-    m = ev.ts < now
-    m &= (ev.kind == CONVERSION) | (dual & (ev.kind == ENGAGEMENT))
-    conf = sp.csr_matrix((corpus.weight[m] * alpha, (ev.user[m], corpus.event_row[m])),
-                         shape=(len(ev.user_vocab), corpus.n_items), dtype=np.float32)
-    conf.sum_duplicates()
-    model = AlternatingLeastSquares(factors=factors, iterations=iterations, regularization=regularization,
-                                    random_state=seed, calculate_training_loss=False)
-    model.fit(conf, show_progress=False)
+    model, conf = fit_als(corpus, now, dual, factors, iterations, regularization, alpha, seed)
     uf, itf = np.asarray(model.user_factors), np.asarray(model.item_factors)
     seen = np.asarray(conf.sum(1)).ravel() > 0
     pop = corpus.item_counts(CONVERSION, now).astype(np.float32)

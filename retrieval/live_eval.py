@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from retrieval.corpus import Corpus, EvalSet
@@ -18,7 +17,7 @@ from retrieval.embed import embed_items
 from retrieval.events import CONVERSION, ENGAGEMENT
 from retrieval.inference import TwoTower, to_torch
 from retrieval.live import EventTail, LiveState, blank_user, stored_tails
-from retrieval.scorers import Scorer, popularity_scorer
+from retrieval.scorers import Scorer, fit_als, popularity_scorer
 
 
 @dataclass
@@ -85,25 +84,29 @@ def live_two_tower_scorer(model: TwoTower, corpus: Corpus, batch_scorer: Scorer)
 
 def cooccurrence_scorer(corpus: Corpus, now: int) -> Scorer:
     """Items scored by how often they share a training session (before ``now``) with the user's fresh events
-    (session-kNN's core); users without fresh events get conversion popularity."""
+    (session-kNN's core): score(i) = sum over fresh items f of the sessions holding both f and i (i != f); users
+    without fresh events get conversion popularity."""
     ev = corpus.events
     m = ev.ts < now
-    s_codes, sessions = np.unique(ev.session[m], return_inverse=True)
-    inc = sp.csr_matrix((np.ones(int(m.sum()), np.float32), (sessions, corpus.event_row[m])),
-                        shape=(len(s_codes), corpus.n_items))
-    inc.data[:] = 1.0
-    inc.sum_duplicates()
-    inc.data[:] = 1.0  # each item once a session
-    co = (inc.T @ inc).tocsr()
-    co.setdiag(0)
+    pairs = np.unique(np.stack([ev.session[m], corpus.event_row[m]]), axis=1)  # distinct (session, item), sorted
+    by_item = np.lexsort((pairs[0], pairs[1]))
+    item_start = np.searchsorted(pairs[1][by_item], np.arange(corpus.n_items + 1))  # item -> its sessions
+    session_ids, session_start = np.unique(pairs[0], return_index=True)  # session -> its items
+    session_start = np.append(session_start, pairs.shape[1])
     pop = popularity_scorer(corpus, now)
 
     def score(i: np.ndarray, es: LiveSet) -> np.ndarray:
         out = np.array(pop(i, es), np.float32)
         for b, p in enumerate(i):
-            rows = es.fresh[p].rows
-            if len(rows):
-                out[b] = np.asarray(co[np.unique(rows)].sum(0)).ravel()
+            fresh = np.unique(es.fresh[p].rows)
+            if len(fresh) == 0:
+                continue
+            sess = np.concatenate([pairs[0][by_item[item_start[f]: item_start[f + 1]]] for f in fresh])
+            s = np.searchsorted(session_ids, sess)  # each (fresh item, session) once
+            items = pairs[1][np.concatenate([np.arange(session_start[j], session_start[j + 1]) for j in s])]
+            counts = np.bincount(items, minlength=corpus.n_items).astype(np.float32)
+            counts[fresh] -= np.diff(item_start)[fresh]  # an item does not co-occur with itself
+            out[b] = counts
         return out
 
     return score
@@ -113,16 +116,9 @@ def als_foldin_scorer(corpus: Corpus, now: int, factors: int = 64, iterations: i
                       alpha: float = 20.0, seed: int = 0) -> Scorer:
     """implicit's dual-weighted ALS fitted before ``now``; each user's factors recomputed (``recalculate_user``)
     from their events before the window plus the fresh ones, with the same weights."""
-    from implicit.als import AlternatingLeastSquares  # the bench extra's, imported only when ALS is asked for
+    import scipy.sparse as sp  # the bench extra's (with implicit), imported only when ALS is asked for
 
-    ev = corpus.events
-    m = ev.ts < now
-    conf = sp.csr_matrix((corpus.weight[m] * alpha, (ev.user[m], corpus.event_row[m])),
-                         shape=(len(ev.user_vocab), corpus.n_items), dtype=np.float32)
-    conf.sum_duplicates()
-    model = AlternatingLeastSquares(factors=factors, iterations=iterations, regularization=regularization,
-                                    random_state=seed, calculate_training_loss=False)
-    model.fit(conf, show_progress=False)
+    model, conf = fit_als(corpus, now, True, factors, iterations, regularization, alpha, seed)
     itf = np.asarray(model.item_factors)
     pop = popularity_scorer(corpus, now)
 

@@ -37,10 +37,12 @@ def history_affinity(hist_rows: Tensor, hist_weights: Tensor, cand_rows: Tensor)
     return out[:, inverse]
 
 
-def history_items(hist_rows: np.ndarray, hist_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each row's distinct catalogue rows (ascending) with their summed weight, as CSR over a history bag ([B, L]
-    as above): offsets [B + 1], rows [H], weights [H]. Items whose events weigh nothing are left out."""
-    items, weights = merge_repeats(hist_rows, hist_weights)  # a no-op on corpus.user_batch's merged bags
+def history_items(hist_rows: np.ndarray, hist_weights: np.ndarray,
+                  merged: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's distinct catalogue rows with their summed weight, as CSR over a history bag ([B, L] as above):
+    offsets [B + 1], rows [H], weights [H]. Items whose events weigh nothing are left out. merged: the bag holds
+    each item once already (history.bag_inputs' bags), so the merge is skipped."""
+    items, weights = (hist_rows, hist_weights) if merged else merge_repeats(hist_rows, hist_weights)
     keep = weights > 0  # [B, W]; padding weighs 0
     offsets = np.concatenate([[0], np.cumsum(keep.sum(1))]).astype(np.int64)
     return offsets, items[keep] - 1, weights[keep]

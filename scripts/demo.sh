@@ -30,9 +30,21 @@ done
 python - "$PORT" <<'PY'
 import json, sys, urllib.request
 base = f"http://127.0.0.1:{sys.argv[1]}"
+answers = {}
 for user in ("1", "someone-new"):
     with urllib.request.urlopen(f"{base}/candidates?user={user}&k=5") as r:
+        answers[user] = json.loads(r.read())
         print(f"GET /candidates?user={user}&k=5 ->")
-        print(json.dumps(json.loads(r.read()), indent=2))
+        print(json.dumps(answers[user], indent=2))
+# A user the service has never seen, with three fresh events: the user tower runs at request time.
+items = [c["item_id"] for c in answers["1"]["candidates"][:2]]
+events = [{"item_id": items[0], "event": "view", "ts": 1_800_000_000, "dwell_s": 40.0},
+          {"item_id": items[0], "event": "add_to_cart", "ts": 1_800_000_050},
+          {"item_id": items[1], "event": "view", "ts": 1_800_000_090}]
+body = json.dumps({"user": "someone-new", "k": 5, "events": events}).encode()
+req = urllib.request.Request(f"{base}/candidates", body, {"Content-Type": "application/json"})
+with urllib.request.urlopen(req) as r:
+    print("POST /candidates (someone-new, with 3 fresh events) ->")
+    print(json.dumps(json.loads(r.read()), indent=2))
 PY
 echo "== done: artifact $W/artifacts/$VERSION, training logs under $W/runs, service log $W/serve.log"

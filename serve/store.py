@@ -77,7 +77,12 @@ class IdLookup:
 
     def rows(self, values: list) -> np.ndarray:
         """[n] rows of ``values`` (ids as typed), -1 where unknown."""
-        return np.array([-1 if (r := self.row(v)) is None else r for v in values], np.int64)
+        if self.id_type == "str" or not all(isinstance(v, int) and -(2**63) <= v < 2**63 for v in values):
+            return np.array([-1 if (r := self.row(v)) is None else r for v in values], np.int64)
+        v = np.asarray(values, np.int64)
+        i = np.searchsorted(self._sorted, v).clip(max=max(len(self._sorted) - 1, 0))
+        found = (self._sorted[i] == v) if len(self._sorted) else np.zeros(len(v), bool)
+        return np.where(found, self._rows[i] if len(self._rows) else -1, -1).astype(np.int64)
 
     def with_ids(self, ids: list, first_row: int) -> IdLookup:
         """This lookup and ``ids`` at rows first_row, first_row + 1, ..."""
@@ -234,11 +239,11 @@ def _vectors(path: Path, n: int, per_row: int, dim: int) -> tuple[pa.Table, np.n
 
 
 def _inputs(table: pa.Table, name: str) -> np.ndarray:
-    """A tower input column ([N], or [N, W] from a fixed-size list) as numpy."""
+    """A tower input column ([N], or [N, W] from a fixed-size list) as a writable numpy array (torch takes it)."""
     col = table.column(name).combine_chunks()
     if pa.types.is_fixed_size_list(col.type):
-        return col.values.to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
-    return col.to_numpy(zero_copy_only=False)
+        return col.values.to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size).copy()
+    return col.to_numpy(zero_copy_only=False).copy()
 
 
 def _history_features(trained: Trained) -> list[str]:

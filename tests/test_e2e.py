@@ -62,6 +62,17 @@ def test_fit_to_served_answer(tmp_path):
         assert body["model_version"].startswith("v1@")
         status, body = get(f"{base}/candidates?user=1&k=5000")
         assert status == 422 and body["detail"][0]["loc"] == ["query", "k"]
+        # A user the artifact has never seen, with fresh events: the user tower answers at request time.
+        seen = [c["item_id"] for c in get(f"{base}/candidates?user=1&k=5")[1]["candidates"]]
+        events = [{"item_id": seen[0], "event": "view", "ts": 1_800_000_000}, {"item_id": seen[1], "event": "click",
+                                                                             "ts": 1_800_000_030}]
+        req = urllib.request.Request(f"{base}/candidates", json.dumps({"user": "new-user", "k": 5, "events": events})
+                                     .encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            live = json.loads(r.read())
+        popular = get(f"{base}/candidates?user=new-user&k=5")[1]
+        assert live["fallback"] is None and popular["fallback"] == "popular" and live["ignored_events"] == 0
+        assert len(live["candidates"]) == 5 and live["candidates"] != popular["candidates"]
     finally:
         server.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal it caught
