@@ -262,7 +262,9 @@ def _live_scorers(trained, corpus: Corpus, es: EvalSet, baselines: list[str]) ->
     """The live protocol's methods (retrieval/live_eval.py), each given the same fresh events; the model's
     batch answer (its state at the window's start) beside its live one."""
     batch = with_popularity_fallback(two_tower_scorer(trained.model, corpus), corpus)
-    out = {"two-tower": live_two_tower_scorer(trained.model, corpus, batch), "two-tower, batch state": batch}
+    out = {"two-tower": live_two_tower_scorer(trained.model, corpus, batch), "two-tower, batch state": batch,
+           "two-tower, fresh events only (as new users)": live_two_tower_scorer(
+               trained.model, corpus, popularity_scorer(corpus, es.now), as_new_users=True)}
     if "popularity" in baselines:
         out["popularity (conversions)"] = popularity_scorer(corpus, es.now)
     out["item co-occurrence"] = cooccurrence_scorer(corpus, es.now)

@@ -54,10 +54,11 @@ def live_set(corpus: Corpus, window: int, max_users: int | None = None, seed: in
     return out
 
 
-def live_two_tower_scorer(model: TwoTower, corpus: Corpus, batch_scorer: Scorer) -> Scorer:
+def live_two_tower_scorer(model: TwoTower, corpus: Corpus, batch_scorer: Scorer, as_new_users: bool = False) -> Scorer:
     """Exact full scores of the live service's answer: users with fresh events through the user tower on their
     stored tail (the events before the window) followed by the fresh ones; users without fresh events get
-    ``batch_scorer``'s (the stored answer, popularity for a user with no event at all)."""
+    ``batch_scorer``'s (the stored answer, popularity for a user with no event at all). as_new_users: every user
+    as one the service has never seen (no stored events, no features), from their fresh events alone."""
     model.eval()
     items = torch.from_numpy(embed_items(model, corpus, progress=False))
     state = LiveState(corpus.config, corpus.hist_lookup)
@@ -69,6 +70,8 @@ def live_two_tower_scorer(model: TwoTower, corpus: Corpus, batch_scorer: Scorer)
         if len(live) == 0:
             return out
         users, end = es.users[live], es.end[live]
+        if as_new_users:
+            end = corpus.user_start[users]
         tails = stored_tails(corpus, users, end)
         known = end > corpus.user_start[users]  # in an artifact built at the window's start
         static = {k: np.where(known.reshape(-1, *[1] * (v.ndim - 1)), v[users], blank[k])
@@ -102,6 +105,8 @@ def cooccurrence_scorer(corpus: Corpus, now: int) -> Scorer:
             if len(fresh) == 0:
                 continue
             sess = np.concatenate([pairs[0][by_item[item_start[f]: item_start[f + 1]]] for f in fresh])
+            if len(sess) == 0:  # fresh items never seen in a training session (new items): nothing co-occurs
+                continue
             s = np.searchsorted(session_ids, sess)  # each (fresh item, session) once
             items = pairs[1][np.concatenate([np.arange(session_start[j], session_start[j + 1]) for j in s])]
             counts = np.bincount(items, minlength=corpus.n_items).astype(np.float32)

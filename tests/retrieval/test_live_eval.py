@@ -12,6 +12,7 @@ from index.build import build
 from retrieval.checkpoint import load_trained
 from retrieval.evaluate import two_tower_scorer, with_popularity_fallback
 from retrieval.live_eval import cooccurrence_scorer, live_set, live_two_tower_scorer
+from retrieval.scorers import popularity_scorer
 from serve.app import create_app
 from serve.settings import Settings
 
@@ -32,8 +33,9 @@ def setting(trained, tmp_path_factory):
 def test_the_live_protocol_scores_what_the_live_service_answers(setting):
     t, corpus, es, art = setting
     scorer = live_two_tower_scorer(t.model, corpus, with_popularity_fallback(two_tower_scorer(t.model, corpus), corpus))
+    as_new = live_two_tower_scorer(t.model, corpus, popularity_scorer(corpus, es.now), as_new_users=True)
     picks = np.flatnonzero(es.with_fresh)[:8]
-    scores = scorer(picks, es)
+    scores, new_scores = scorer(picks, es), as_new(picks, es)
     names, k = corpus.config.roles.names, 20
     with TestClient(create_app(Settings(artifacts=art))) as c:
         for b, p in enumerate(picks):
@@ -48,6 +50,9 @@ def test_the_live_protocol_scores_what_the_live_service_answers(setting):
             got = [c_["item_id"] for c_ in body["candidates"]]
             assert got == corpus.catalogue.take(want).to_pylist(), user
             assert np.allclose([c_["score"] for c_ in body["candidates"]], scores[b][want], atol=1e-4)
+            anonymous = c.post("/candidates", json={"k": k, "events": events}).json()  # no user: a new one
+            assert [c_["item_id"] for c_ in anonymous["candidates"]] == corpus.catalogue.take(
+                np.argsort(-new_scores[b], kind="stable")[:k]).to_pylist()
 
 
 def test_targets_start_at_the_first_conversion_and_fresh_events_precede_it(setting):
@@ -76,3 +81,18 @@ def test_cooccurrence_scores_the_items_that_share_sessions_with_the_fresh_events
             for i in items - {f}:
                 want[i] += 1
     assert np.allclose(s, want)
+
+
+def test_cooccurrence_falls_back_to_popularity_for_items_no_session_holds(setting):
+    _, corpus, es, _ = setting
+    ev = corpus.events
+    trained_rows = set(corpus.event_row[ev.ts < es.now].tolist())
+    cold = next(r for r in range(corpus.n_items) if r not in trained_rows)  # only in the items table or later
+    p = int(np.flatnonzero(es.with_fresh)[0])
+    f = es.fresh[p]
+    es.fresh[p] = type(f)(np.full(len(f), cold), f.events, f.ts, f.dwell)
+    try:
+        got = cooccurrence_scorer(corpus, es.now)(np.array([p]), es)[0]
+    finally:
+        es.fresh[p] = f
+    assert np.array_equal(got, popularity_scorer(corpus, es.now)(np.array([p]), es)[0])
