@@ -150,13 +150,23 @@ class Served:
         row = self.users.row(user)
         if row is None:
             return "popular", self.item_id_list(self.popular_rows[:k]), self.popular_scores[:k].tolist()
-        bought = self.purchased_rows[self.purchased_offsets[row]: self.purchased_offsets[row + 1]]
         lo, hi = self.history_offsets[row], self.history_offsets[row + 1]
-        hist_rows, hist_scores = self.history_rows[lo:hi], self.history_scores[lo:hi]
-        want = search_width(k, len(hist_rows), len(bought) if exclude_purchased else 0, self.index.ntotal)
+        return self._answer(self.user_vecs[row], self.history_rows[lo:hi], self.history_scores[lo:hi], k,
+                            self._purchased(row) if exclude_purchased else None)
+
+    def _purchased(self, row: int | None) -> np.ndarray:
+        """Catalogue rows a known user converted on (none for a new user)."""
+        if row is None:
+            return np.zeros(0, np.int64)
+        return self.purchased_rows[self.purchased_offsets[row]: self.purchased_offsets[row + 1]].astype(np.int64)
+
+    def _answer(self, vecs: np.ndarray, hist_rows: np.ndarray, hist_scores: np.ndarray, k: int,
+                exclude: np.ndarray | None) -> tuple[None, list, list]:
+        """The served top ``k`` of user vectors [K, D] with their history items' full scores, less ``exclude``."""
+        want = search_width(k, len(hist_rows), 0 if exclude is None else len(exclude), self.index.ntotal)
         faiss.omp_set_num_threads(1)  # on the event loop's thread: one query gains nothing from OpenMP threads
-        scores, rows = self.index.search(self.user_vecs[row], want)  # [K, want]
-        rows, scores = served_answer(rows, scores, hist_rows, hist_scores, k, bought if exclude_purchased else None)
+        scores, rows = self.index.search(vecs, want)  # [K, want]
+        rows, scores = served_answer(rows, scores, hist_rows, hist_scores, k, exclude)
         return None, self.item_id_list(rows), scores.tolist()
 
     @property
@@ -186,17 +196,11 @@ class Served:
         stored = EventTail.empty() if row is None else self.tails.of(row)
         x = self.live.inputs(static, [stored.then(fresh)])
         vecs, hist = states_from_inputs(self.model.model, x, IndexVectors(self.index))  # [1, K, D]
-        bought = np.zeros(0, np.int64)
-        if exclude_purchased:
-            conv = np.isin(fresh.events, np.arange(len(self.live.config.roles.conversions)))
-            own = self.purchased_rows[self.purchased_offsets[row]: self.purchased_offsets[row + 1]] if row is not None else []
-            bought = np.unique(np.concatenate([np.asarray(own, np.int64), fresh.rows[conv]]))
-        hist_rows, hist_scores = hist.of(0)
-        want = search_width(k, len(hist_rows), len(bought), self.index.ntotal)
-        faiss.omp_set_num_threads(1)
-        scores, rows = self.index.search(vecs[0], want)
-        rows, scores = served_answer(rows, scores, hist_rows, hist_scores, k, bought if exclude_purchased else None)
-        return None, self.item_id_list(rows), scores.tolist()
+        exclude = None
+        if exclude_purchased:  # the stored purchases and the fresh conversions (conversion roles come first)
+            conv = fresh.events < len(self.live.config.roles.conversions)
+            exclude = np.unique(np.concatenate([self._purchased(row), fresh.rows[conv]]))
+        return self._answer(vecs[0], *hist.of(0), k, exclude)
 
     def with_items(self, items: list[dict[str, Any]]) -> tuple[Served, list[str]]:
         """A new Served whose index also holds ``items`` (dicts: item_id and features), embedded from their

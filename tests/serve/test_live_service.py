@@ -159,3 +159,16 @@ def test_the_memory_store_is_bounded_per_user_and_in_users(live, root):
                   headers=AUTH)
     assert len(store) == 3 and asyncio.run(store.get("1")) == []  # live_max_users=3: the oldest went first
     assert "retrieval_live_evictions_total 2.0" in live.get("/metrics").text
+
+
+def test_fresh_purchases_are_excluded_when_asked(live, root):
+    items = catalogue(root)
+    events = [{"item_id": items[i], "event": "view", "ts": 1_700_000_000 + 10 * i} for i in (20, 21, 22)]
+    events.append({"item_id": items[21], "event": "purchase", "ts": 1_700_000_100})
+    served = live.app.state.service.served
+    plain = [c["item_id"] for c in live.post("/candidates", json={"k": 40, "events": events}).json()["candidates"]]
+    assert items[21] in plain  # bought, so in the history with its repeat term: near the top
+    ex = live.post("/candidates", json={"k": 20, "events": events, "exclude_purchased": True}).json()["candidates"]
+    got = [c["item_id"] for c in ex]
+    fresh, _ = served.fresh_tail(events)
+    assert items[21] not in got and got == [i for i in brute_force(served, None, fresh, 40) if i != items[21]][:20]
