@@ -52,8 +52,8 @@ def main() -> None:
     p.add_argument("--items", type=int, default=1_000_000)
     p.add_argument("--train-steps", type=int, default=300)
     a = p.parse_args()
-    model, dm = train_big(a.train_steps, users=a.users, items=a.items)  # also reused by bench/serve_load.py
-    model.eval()
+    trained, dm = train_big(a.train_steps, users=a.users, items=a.items)  # also reused by bench/serve_load.py
+    model = trained.net.eval()  # the plain inference module the index job embeds with
     t = time.perf_counter()
     items = embed_items(model, dm.corpus, progress=False)
     t_embed = time.perf_counter() - t

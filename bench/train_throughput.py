@@ -97,9 +97,9 @@ def plain_loop(dm: RetrievalData, batches: list[dict], steps: int, warmup: int) 
     update = optimizer_step(model)
 
     def step(b: dict) -> None:
-        u = model.user_tower(b["user"])["conversion"]
-        p = model.item_tower(b["pos"])["conversion"]
-        logits = model._query(u) @ p.T  # the same folding of temperature and item bias as the model
+        u = model.net.user_tower(b["user"])["conversion"]
+        p = model.net.item_tower(b["pos"])["conversion"]
+        logits = model.net.query(u) @ p.T  # the same folding of temperature and item bias as the model
         update(F.cross_entropy(logits, torch.arange(len(u))))
 
     return timed(step, batches, steps, warmup, dm.hparams.batch_size)
