@@ -171,21 +171,3 @@ def test_matches_reference_with_interests():
         loss = sampled_softmax_loss(**a)
         assert torch.allclose(loss, torch.tensor(reference(**a), dtype=torch.float64))
         assert not torch.allclose(loss, sampled_softmax_loss(**dict(a, query=a["query"][:, 0])))
-
-
-def test_masks_of_the_whole_batch_sliced_to_some_rows_are_those_rows_masks():
-    """The model computes the masks once for every row (each row's positive is its own column) and each head
-    takes its rows: the same logits as masks computed for those rows alone."""
-    from retrieval.losses import softmax_masks
-
-    a = make(6)
-    cand = Candidates(a["cand"], a["cand_item"], a["cand_log_q"], a["cand_user"])
-    neg = Candidates(a["neg"], a["neg_item"], a["neg_log_q"])
-    everyone = torch.arange(8)
-    full = softmax_masks(everyone, a["cand_user"], cand, neg)
-    rows = torch.tensor([1, 3, 4, 7])
-    alone = softmax_masks(rows, a["cand_user"][rows], cand, neg)
-    assert torch.equal(full.rows(rows).cand, alone.cand) and torch.equal(full.rows(rows).neg, alone.neg)
-    q = a["query"][:4]
-    assert torch.equal(softmax_logits(q, rows, a["cand_user"][rows], cand, neg, full.rows(rows)),
-                       softmax_logits(q, rows, a["cand_user"][rows], cand, neg))
