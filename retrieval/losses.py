@@ -33,66 +33,41 @@ class Candidates:
     user: Tensor | None = None
 
 
-@dataclass(frozen=True)
-class SoftmaxMasks:
-    """Which columns each row drops (True = -inf): [R, B] over the in-batch candidates, [R, N] over the sampled
-    negatives (None without any). They depend on ids alone, so one computation over the whole batch serves every
-    head, each taking its rows (:meth:`rows`)."""
-
-    cand: Tensor
-    neg: Tensor | None
-
-    def rows(self, rows: Tensor) -> SoftmaxMasks:
-        return SoftmaxMasks(self.cand[rows], None if self.neg is None else self.neg[rows])
-
-
-def softmax_masks(target: Tensor, query_user: Tensor, cand: Candidates, neg: Candidates | None = None) -> SoftmaxMasks:
-    """The masks of :func:`softmax_logits` (arguments as there).
-
-    A column is dropped for a row when it is the same item as the row's positive (accidental hit) or another
-    positive of the same user in the batch, except the row's own target column; and an item repeated in the batch
-    keeps one column (its first), because cand.log_q is the chance of an item being in the batch, not its count:
-    left in, a popular item would weigh in the denominator as many times as it repeats, and the model would learn
-    to rank popular items down. A sampled negative is dropped where it is the row's positive or another positive
-    of the row's user.
-    """
-    R, B = target.shape[0], cand.item.shape[0]
-    pos_item = cand.item[target]  # [R]
-    own = torch.zeros(R, B, dtype=torch.bool, device=target.device)
-    own[torch.arange(R, device=target.device), target] = True
-    same_item = cand.item[None, :] == cand.item[:, None]  # [B, B]
-    repeat = same_item.to(torch.int8).argmax(0) != torch.arange(B, device=target.device)  # [B] not first occurrence
-    drop = ((cand.item[None, :] == pos_item[:, None]) | (cand.user[None, :] == query_user[:, None])
-            | repeat[None, :]) & ~own
-    neg_drop = None
-    if neg is not None and neg.emb.shape[0] > 0:
-        user_pos = _negatives_of_users_positives(query_user, cand.item, cand.user, neg.item)  # [R, N]
-        neg_drop = user_pos | (neg.item[None, :] == pos_item[:, None])
-    return SoftmaxMasks(drop, neg_drop)
-
-
 def softmax_logits(query: Tensor, target: Tensor, query_user: Tensor, cand: Candidates,
-                   neg: Candidates | None = None, masks: SoftmaxMasks | None = None) -> Tensor:
+                   neg: Candidates | None = None) -> Tensor:
     """[R, B (+ N)] logits of the sampled softmax over in-batch candidates ``cand`` (B, with ``user`` set) and
     sampled negatives ``neg`` (N), masked columns -inf.
 
     query: [R, D] user embeddings (temperature already folded in), or [R, K, D] with K interests (an item's logit
     is its best interest's: ``interest_scores``); target: [R] column of each row's positive among the in-batch
-    candidates; query_user: [R] user key of each row; masks: :func:`softmax_masks` of these rows (computed here
-    when not given).
+    candidates; query_user: [R] user key of each row.
 
     logQ: every column's logit is lowered by its log expected count, the positive's too (Yi et al., 2019).
+    Masking: a column is dropped for a row when it is the same item as the row's positive (accidental
+    hit) or another positive of the same user in the batch, except the row's own target column; and an
+    item repeated in the batch keeps one column (its first), because cand.log_q is the chance of an item
+    being in the batch, not its count: left in, a popular item would weigh in the denominator as many
+    times as it repeats, and the model would learn to rank popular items down.
     """
-    masks = masks if masks is not None else softmax_masks(target, query_user, cand, neg)
+    R, B = query.shape[0], cand.emb.shape[0]
     logits = interest_scores(query, cand.emb)  # [R, B]
     if cand.log_q is not None:
         logits = logits - cand.log_q[None, :]
-    logits = logits.masked_fill(masks.cand, float("-inf"))
+    pos_item = cand.item[target]  # [R]
+    own = torch.zeros(R, B, dtype=torch.bool, device=query.device)
+    own[torch.arange(R, device=query.device), target] = True
+    same_item = cand.item[None, :] == cand.item[:, None]  # [B, B]
+    repeat = same_item.to(torch.int8).argmax(0) != torch.arange(B, device=query.device)  # [B] not first occurrence
+    drop = ((cand.item[None, :] == pos_item[:, None]) | (cand.user[None, :] == query_user[:, None])
+            | repeat[None, :]) & ~own
+    logits = logits.masked_fill(drop, float("-inf"))
     if neg is not None and neg.emb.shape[0] > 0:
         nl = interest_scores(query, neg.emb)  # [R, N]
         if neg.log_q is not None:
             nl = nl - neg.log_q[None, :]
-        logits = torch.cat([logits, nl.masked_fill(masks.neg, float("-inf"))], dim=1)
+        user_pos = _negatives_of_users_positives(query_user, cand.item, cand.user, neg.item)  # [R, N]
+        nl = nl.masked_fill(user_pos | (neg.item[None, :] == pos_item[:, None]), float("-inf"))
+        logits = torch.cat([logits, nl], dim=1)
     return logits
 
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from retrieval.frequency import StreamingFrequency
 from retrieval.inference import TwoTower
-from retrieval.losses import Candidates, SoftmaxMasks, softmax_logits, softmax_masks, softmax_nll
+from retrieval.losses import Candidates, softmax_logits, softmax_nll
 from retrieval.metrics import recall_at_k
 from retrieval.repeat import history_affinity
 
@@ -85,26 +85,22 @@ class TwoTowerModel(L.LightningModule):
 
     # ---- training ----
     def _head_loss(self, head: str, u: dict[str, Tensor], p: dict[str, Tensor], n: dict[str, Tensor] | None,
-                   weight: Tensor, batch: dict[str, Any], cand_log_q: Tensor | None, masks: SoftmaxMasks,
-                   log_affinity: Tensor | None) -> Tensor:
+                   weight: Tensor, batch: dict[str, Any], cand_log_q: Tensor | None, affinity: Tensor | None) -> Tensor:
         net, h = self.net, self.hparams
         rows = torch.nonzero(weight > 0).squeeze(1)
         if rows.numel() == 0:  # keeps every parameter in the graph (DDP) with a zero loss
             zero = (u[head].sum() + p[head].sum()) * 0.0
             return zero if net.repeat_raw is None else zero + net.repeat_raw.sum() * 0.0
-        every = rows.numel() == weight.shape[0]  # every row counts (the main head, mostly): no [rows] copies
-        pick = (lambda t: t) if every else (lambda t: t[rows])  # noqa: E731
         cand = Candidates(p[head], batch["pos_item"], cand_log_q, batch["user_key"])
         neg = None if n is None else Candidates(n[head], batch["neg_item"], batch["neg_log_q"] if h.logq else None)
-        logits = softmax_logits(net.query(pick(u[head])), rows, pick(batch["user_key"]), cand, neg,
-                                masks if every else masks.rows(rows))  # [R, B + N]
-        loss = softmax_nll(logits, rows, pick(weight))
-        if log_affinity is not None:
+        logits = softmax_logits(net.query(u[head][rows]), rows, batch["user_key"][rows], cand, neg)  # [R, B + N]
+        loss = softmax_nll(logits, rows, weight[rows])
+        if affinity is not None:
             # The term's scale is fitted on the towers' scores held fixed (a second softmax over detached
             # logits). Trained through the same softmax, the towers learn to push the user's other history
             # items away to offset the term and lose their similarity structure (validation recall falls).
-            bonus = net.repeat_scale(head) * pick(log_affinity) / net.temperature  # [R, B + N] in logit units
-            loss = loss + softmax_nll(logits.detach() + bonus, rows, pick(weight))
+            bonus = net.repeat_term(affinity[rows], head) / net.temperature  # [R, B + N] in logit units
+            loss = loss + softmax_nll(logits.detach() + bonus, rows, weight[rows])
         return loss
 
     def _step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -116,20 +112,14 @@ class TwoTowerModel(L.LightningModule):
         cand_log_q = self.freq.log_prob(batch["pos_item"]) if h.logq else None
         w, conv = batch["weight"], batch["is_conv"]
         main_w = w * torch.where(conv, h.conversion_weight, h.engagement_weight)
-        # What depends on ids alone is computed once for both heads: the masks (each row's positive is its own
-        # column) and the repeat term's log1p of each user's history weight of every candidate column [B, B + N].
-        everyone = torch.arange(w.shape[0], device=w.device)
-        masks = softmax_masks(everyone, batch["user_key"], Candidates(None, batch["pos_item"], None, batch["user_key"]),
-                              None if n is None else Candidates(n["conversion"], batch["neg_item"]))
-        log_affinity = None
-        if net.repeat_raw is not None:
-            log_affinity = torch.log1p(history_affinity(batch["user"]["hist_rows"], batch["user"]["hist_weights"],
-                                                        torch.cat([batch["pos_item"], batch["neg_item"]])))
-        out = {"conversion": self._head_loss("conversion", u, p, n, main_w, batch, cand_log_q, masks, log_affinity)}
+        affinity = None
+        if net.repeat_raw is not None:  # [B, B + N]: each user's history weight of every candidate column
+            affinity = history_affinity(batch["user"]["hist_rows"], batch["user"]["hist_weights"],
+                                        torch.cat([batch["pos_item"], batch["neg_item"]]))
+        out = {"conversion": self._head_loss("conversion", u, p, n, main_w, batch, cand_log_q, affinity)}
         total = out["conversion"]
         if h.aux_weight > 0:
-            out["engagement"] = self._head_loss("engagement", u, p, n, w * ~conv, batch, cand_log_q, masks,
-                                                log_affinity)
+            out["engagement"] = self._head_loss("engagement", u, p, n, w * ~conv, batch, cand_log_q, affinity)
             total = total + h.aux_weight * out["engagement"]
         out["total"] = total
         return out
