@@ -9,7 +9,7 @@ inference module (retrieval/inference.py): no Lightning is imported.
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,7 @@ class Trained:
     hparams: dict[str, Any]  # the model config it was trained with (TwoTowerModel's hyperparameters)
     data: dict[str, Any]  # the data config it was trained with (CorpusConfig's values and the loader's)
     vocab: dict[str, Any]  # TowerVocab states of items and users
-
-    @property
-    def config(self) -> CorpusConfig:
-        return CorpusConfig.from_dict(self.data)
+    config: CorpusConfig  # ``data`` as the corpus reads it
 
     def slim(self) -> dict[str, Any]:
         """What an artifact keeps: config, weights, vocabularies (no optimizer or loop state)."""
@@ -49,8 +46,8 @@ class Trained:
         split: cut the training run's temporal split too (for evaluation on its validation or test window).
         """
         c = self.config
-        paths = {"events": events or c.events, "items": items or c.items, "users": users or c.users}
-        return Corpus(CorpusConfig.from_dict(self.data, **paths), state=self.vocab, split=split)
+        return Corpus(replace(c, events=events or c.events, items=items or c.items, users=users or c.users),
+                      state=self.vocab, split=split)
 
 
 def load_trained(path: str | Path) -> Trained:
@@ -66,7 +63,7 @@ def load_trained(path: str | Path) -> Trained:
         raise CheckpointError(f"checkpoint {path}: lacks {missing}; was it written by `python -m retrieval fit`?")
     hp = {k: v for k, v in ck["hyper_parameters"].items() if not k.startswith("_")}
     try:
-        CorpusConfig.from_dict(ck["datamodule_hyper_parameters"])
+        config = CorpusConfig.from_dict(ck["datamodule_hyper_parameters"])
     except (TypeError, DataError) as e:
         raise CheckpointError(f"checkpoint {path}: its data config is not one this version reads ({e})") from None
     try:
@@ -77,4 +74,5 @@ def load_trained(path: str | Path) -> Trained:
     except (TypeError, RuntimeError, KeyError, AttributeError) as e:
         raise CheckpointError(f"checkpoint {path}: weights do not fit the model it describes ({e})") from None
     model.eval()
-    return Trained(model=model, hparams=hp, data=ck["datamodule_hyper_parameters"], vocab=ck["RetrievalData"])
+    return Trained(model=model, hparams=hp, data=ck["datamodule_hyper_parameters"], vocab=ck["RetrievalData"],
+                   config=config)

@@ -113,6 +113,14 @@ def check_no_nulls(col: pa.Array, name: str, path: str | Path, what: str) -> Non
         raise DataError(f"{what}: {path}: column '{name}' has {n} null value(s); ids and timestamps must be set")
 
 
+INT64 = (-(2**63), 2**63 - 1)  # what an int id can be: the events' ids are int64
+
+
+def is_int64(v: object) -> bool:
+    """True for a Python int (not a bool) that an int64 id column can hold."""
+    return isinstance(v, int) and not isinstance(v, bool) and INT64[0] <= v <= INT64[1]
+
+
 def cast_ids(ids: pa.Array, want: pa.DataType, where: str | Path | None) -> pa.Array:
     """``ids`` as ``want`` (int64 or string: the events' id type), or a DataError saying they cannot be."""
     if ids.type == want:

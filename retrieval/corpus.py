@@ -171,8 +171,7 @@ class Corpus:
         self.event_row = pc.index_in(ev.item_vocab, value_set=self.catalogue).to_numpy().astype(np.int64)[ev.item]
         # History bags gather catalogue rows (+1; 0 = padding) and read ids and features through these lookups
         # ([N + 1] each; the index job stores them with the items, for the service's live user states).
-        self.history_features = [e["name"] for e in self.item_vocab.encoders
-                                 if c.history.item_features and e["kind"] in ("categorical", "hashed")]
+        self.history_features = history_features(self.item_vocab, c.history)
         self._hist_row = self.event_row + 1  # [E], built once rather than per batch
         self.hist_lookup = {"hist_items": np.concatenate([[0], self.item_inputs["id"]]),
                              **{f"hist_{k}": np.concatenate([[0], self.item_inputs[k]]) for k in self.history_features}}
@@ -226,25 +225,34 @@ class Corpus:
             "pos_item": self.event_row[pos],
         }
 
-    def eval_set(self, window: int, max_users: int | None = None, seed: int = 0) -> EvalSet:
-        """Users converting in ``window`` (1 validation, 2 test), their state at its start, their targets."""
+    def eval_users(self, window: int, max_users: int | None = None, seed: int = 0) -> EvalSet:
+        """Users converting in ``window`` (1 validation, 2 test) and their state at its start; no targets yet."""
         if self.split is None:
             raise ValueError("eval_set needs a corpus built with a split")
         ev = self.events
         now = self.split.val_start if window == 1 else self.split.test_start
-        inwin = self.window == window
-        conv = inwin & (ev.kind == CONVERSION)
-        users = np.unique(ev.user[conv])
+        users = np.unique(ev.user[(self.window == window) & (ev.kind == CONVERSION)])
         if max_users is not None and len(users) > max_users:
             users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-        end = positions_before(ev.user, ev.ts, users, now)
-        out = EvalSet(users=users, end=end, now=int(now))
+        return EvalSet(users=users, end=positions_before(ev.user, ev.ts, users, now), now=int(now))
+
+    def eval_set(self, window: int, max_users: int | None = None, seed: int = 0) -> EvalSet:
+        """:meth:`eval_users` with their targets: the distinct items each converts on (engages with) in the window."""
+        ev = self.events
+        out = self.eval_users(window, max_users, seed)
+        users, inwin = out.users, self.window == window
         for kind, target in ((CONVERSION, out.conversions), (ENGAGEMENT, out.engagement)):
             m = inwin & (ev.kind == kind)
             for u in users:
                 lo, hi = self.user_start[u], self.user_end[u]
                 target.append(np.unique(self.event_row[lo:hi][m[lo:hi]]))
         return out
+
+
+def history_features(item_vocab: TowerVocab, history: HistoryConfig) -> list[str]:
+    """The item features a history bag also reads: the categorical and hashed ones, when the config says so."""
+    return [e["name"] for e in item_vocab.encoders
+            if history.item_features and e["kind"] in ("categorical", "hashed")]
 
 
 def check_feature_coverage(table: pa.Table | None, ids: pa.Array, key: str, what: str, path: str | None,

@@ -79,8 +79,8 @@ class LiveState:
         self.config, self.lookups = config, lookups
         self._empty_vocab = pa.array([0], pa.int64())
 
-    def bag(self, tail: EventTail) -> tuple[np.ndarray, np.ndarray, int]:
-        """(rows [L] catalogue row + 1, weights [L], now): the last ``history.length`` events of ``tail`` after
+    def bag(self, tail: EventTail) -> tuple[np.ndarray, np.ndarray]:
+        """(rows [L] catalogue row + 1, weights [L]): the last ``history.length`` events of ``tail`` after
         sessionising, weighted and decayed as of its last event's time."""
         c = self.config
         raw = RawEvents(user=np.zeros(len(tail), np.int32), item=tail.rows.astype(np.int32), event=tail.events,
@@ -91,7 +91,7 @@ class LiveState:
         now = int(ev.ts.max())
         rows, weights = gather_history(np.array([len(ev)]), np.array([0]), ev.item.astype(np.int64) + 1, w, ev.ts,
                                        np.array([now]), c.history.length, c.history.half_life_days * DAY)
-        return rows[0], weights[0], now
+        return rows[0], weights[0]
 
     def inputs(self, static: dict[str, np.ndarray], tails: list[EventTail]) -> dict[str, np.ndarray]:
         """User tower inputs of a batch: ``static`` the users' own inputs ([B] id row and features), ``tails``

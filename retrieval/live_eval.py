@@ -35,7 +35,7 @@ class LiveSet(EvalSet):
 
 def live_set(corpus: Corpus, window: int, max_users: int | None = None, seed: int = 0) -> LiveSet:
     """The users converting in ``window`` (1 validation, 2 test), as the live protocol sees them."""
-    es = corpus.eval_set(window, max_users, seed)
+    es = corpus.eval_users(window, max_users, seed)
     ev, inwin = corpus.events, corpus.window == window
     out = LiveSet(users=es.users, end=es.end, now=es.now)
     moments = []

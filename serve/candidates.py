@@ -40,7 +40,7 @@ def router(settings: Settings, models: EventModels) -> APIRouter:
             raise HTTPException(503, "no artifact loaded")
         uid = served.users.parse(user)
         live = await svc.store.get(str(uid)) if uid is not None else []
-        body, _ = await answer(svc, served, uid, user, live, k, exclude_purchased)
+        body, _ = answer(svc, served, uid, user, live, k, exclude_purchased)
         return json_response(body)
 
     class CandidatesRequest(BaseModel):
@@ -59,11 +59,9 @@ def router(settings: Settings, models: EventModels) -> APIRouter:
         served = svc.served
         if served is None:
             raise HTTPException(503, "no artifact loaded")
-        uid = served.users.parse(body.user) if isinstance(body.user, str) else body.user
-        if isinstance(uid, int) and (served.manifest.user_id_type == "str" or not -(2**63) <= uid < 2**63):
-            uid = None  # an int where ids are strings, or past int64: no user of this artifact
+        uid = None if body.user is None else served.users.parse(body.user)  # None: no user of this artifact
         live = await svc.store.get(str(uid)) if uid is not None else []
-        out, ignored = await answer(svc, served, uid, body.user, live + plain(body.events), body.k,
+        out, ignored = answer(svc, served, uid, body.user, live + plain(body.events), body.k,
                                     body.exclude_purchased)
         out["ignored_events"] = ignored
         return json_response(out)
@@ -71,7 +69,7 @@ def router(settings: Settings, models: EventModels) -> APIRouter:
     return r
 
 
-async def answer(svc: Service, served: Served, uid: int | str | None, raw_user, events: list[dict], k: int,
+def answer(svc: Service, served: Served, uid: int | str | None, raw_user, events: list[dict], k: int,
                  exclude_purchased: bool) -> tuple[dict, int]:
     """The response body for a user and their live events (stored answer when none is usable), and how many
     events the model could not read."""

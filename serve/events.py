@@ -18,6 +18,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from retrieval.contract import INT64
 from retrieval.events import MAX_TS_S
 from serve.limits import json_body_schema, read_json
 from serve.responses import json_response
@@ -25,7 +26,6 @@ from serve.service import Service, served_now, service
 from serve.settings import Settings
 from serve.store import CANONICAL_INT, Served
 
-INT64 = (-(2**63), 2**63 - 1)
 MAX_ID = 1024  # longest string id
 
 

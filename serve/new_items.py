@@ -12,9 +12,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from retrieval.contract import DataError
+from retrieval.contract import DataError, is_int64
 
-INT64 = (-(2**63), 2**63 - 1)
 MAX_STR = 1024  # longest id or categorical value accepted
 
 
@@ -30,7 +29,7 @@ def _check_id(v: Any, id_type: str, where: str) -> None:
     if id_type == "int":
         if not _is_int(v):
             raise DataError(f"{where}: must be an integer (this artifact's item ids are int), got {v!r:.60}")
-        if not INT64[0] <= v <= INT64[1]:
+        if not is_int64(v):
             raise DataError(f"{where}: {v} is outside the int64 range of item ids")
     elif not isinstance(v, str) or not 0 < len(v) <= MAX_STR:
         raise DataError(f"{where}: must be a string of 1 to {MAX_STR} characters (this artifact's item ids are str)")
@@ -44,7 +43,7 @@ def _scalar_type(values: list[tuple[int, Any]], where: str) -> pa.DataType:
             continue
         if isinstance(v, str) and len(v) <= MAX_STR:
             kinds.add("str")
-        elif _is_int(v) and INT64[0] <= v <= INT64[1]:
+        elif is_int64(v):
             kinds.add("int")
         else:
             raise DataError(f"items[{i}].{where}: must be a string or an int64 (or null), got {v!r:.60}")

@@ -23,7 +23,8 @@ from index.artifact import ArtifactError, Manifest, read_manifest
 from index.faiss_index import apply_search_params
 from retrieval.answer import search_width, served_answer
 from retrieval.checkpoint import CheckpointError, Trained, load_trained
-from retrieval.contract import DataError
+from retrieval.contract import DataError, is_int64
+from retrieval.corpus import history_features
 from retrieval.embed import states_from_inputs
 from retrieval.inference import to_torch
 from retrieval.live import EventTail, LiveState, Tails, blank_user
@@ -55,29 +56,30 @@ class IdLookup:
         else:
             self._dict = dict(zip(ids, rows.tolist(), strict=True))
 
-    def parse(self, raw: str) -> int | str | None:
-        """The id as typed in the data, or None when it cannot be one (so it is unknown): an int id only in its
-        canonical spelling, so that no other string aliases it."""
+    def parse(self, raw: str | int) -> int | str | None:
+        """The id as typed in the data, or None when it cannot be one (so it is unknown): a string id as given;
+        an int id as a JSON int or in its canonical spelling, so that no other string aliases it."""
         if self.id_type == "str":
-            return raw
-        if not CANONICAL_INT.fullmatch(raw):
-            return None
-        v = int(raw)
-        return v if -(2**63) <= v < 2**63 else None
+            return raw if isinstance(raw, str) else None
+        if isinstance(raw, str):
+            if not CANONICAL_INT.fullmatch(raw):
+                return None
+            raw = int(raw)
+        return raw if is_int64(raw) else None
 
     def row(self, value: int | str | None) -> int | None:
         if value is None:
             return None
         if self.id_type == "str":
             return self._dict.get(value) if isinstance(value, str) else None
-        if not isinstance(value, int) or not -(2**63) <= value < 2**63:
+        if not is_int64(value):
             return None
         i = int(np.searchsorted(self._sorted, value))
         return int(self._rows[i]) if i < len(self._sorted) and self._sorted[i] == value else None
 
     def rows(self, values: list) -> np.ndarray:
         """[n] rows of ``values`` (ids as typed), -1 where unknown."""
-        if self.id_type == "str" or not all(isinstance(v, int) and -(2**63) <= v < 2**63 for v in values):
+        if self.id_type == "str" or not all(is_int64(v) for v in values):
             return np.array([-1 if (r := self.row(v)) is None else r for v in values], np.int64)
         v = np.asarray(values, np.int64)
         i = np.searchsorted(self._sorted, v).clip(max=max(len(self._sorted) - 1, 0))
@@ -250,12 +252,6 @@ def _inputs(table: pa.Table, name: str) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False).copy()
 
 
-def _history_features(trained: Trained) -> list[str]:
-    """The item features a history bag reads (as Corpus.history_features)."""
-    encoders = TowerVocab.from_state(trained.vocab["items"]).encoders
-    return [e["name"] for e in encoders if trained.config.history.item_features and e["kind"] in ("categorical", "hashed")]
-
-
 def load_served(folder: str | Path) -> Served:
     """Load and validate an artifact folder; any inconsistency is an ArtifactError saying which."""
     folder = Path(folder)
@@ -300,7 +296,8 @@ def load_served(folder: str | Path) -> Served:
                             f"{trained.model.interests} interest(s), the manifest says dim {m.embedding_dim} with "
                             f"{m.interests}")
     config = trained.config
-    want = {"hist_items", *(f"hist_{f}" for f in _history_features(trained))}
+    item_vocab = TowerVocab.from_state(trained.vocab["items"])
+    want = {"hist_items", *(f"hist_{f}" for f in history_features(item_vocab, config.history))}
     if set(lookups) != want:
         raise ArtifactError(f"artifact {folder}: items.parquet holds history inputs {sorted(lookups)}, its model "
                             f"reads {sorted(want)}")
