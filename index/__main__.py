@@ -29,12 +29,24 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--recall-users", type=int, default=1000, help="users sampled for the recall check")
     b.add_argument("--batch-size", type=int, default=8192)
     b.add_argument("--gpu", choices=("auto", "yes", "no"), default="auto", help="build on the GPU (auto: when present)")
+    b.add_argument("--preset", action="append", default=[], metavar="NAME=HEAD:W,...",
+                   help="a named utility the service answers as utility=NAME (repeatable), e.g. "
+                        "engaging=conversion:1,engagement:0.3")
+    b.add_argument("--calibration-users", type=int, default=2000,
+                   help="validation users whose served candidates fit each head's calibration")
     b.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    presets = {}
+    for raw in a.preset:
+        name, sep, spec = raw.partition("=")
+        if not sep or not name.isidentifier():
+            p.error(f"--preset {raw!r}: expected NAME=head:weight,...")
+        presets[name] = spec  # checked against the checkpoint's heads by build()
     try:
         m = build(a.checkpoint, a.out, a.factory, a.events, a.items, a.users, a.recall_k, a.recall_users,
-                  a.batch_size, {"auto": None, "yes": True, "no": False}[a.gpu], not a.no_progress)
+                  a.batch_size, {"auto": None, "yes": True, "no": False}[a.gpu], not a.no_progress,
+                  presets=presets, calibration_users=a.calibration_users)
     except (ArtifactError, CheckpointError, DataError, FactoryError, RuntimeError) as e:
         logging.getLogger("index").error("%s", e)
         sys.exit(2)

@@ -2,13 +2,18 @@
 
 An artifact folder holds:
   manifest.json     what is here, how it was made, and the measured recall of the index
-  index.faiss       FAISS index over item vectors (row i = items.parquet row i), inner product
+  index.faiss       FAISS index over item vectors (row i = items.parquet row i), inner product: the conversion
+                    head's, which the default answer searches
+  index_<head>.faiss  the same for every other head (manifest ``heads``): a utility's searches; its item
+                    vectors are read back from it
   items.parquet     item_id, vector (the served conversion embedding), in_hist_* (what a history bag reads of
                     the item: its ID row and feature codes)
-  users.parquet     user_id, vector (interests x embedding_dim values: one vector per interest),
+  users.parquet     user_id, vector (interests x embedding_dim values: one vector per interest; vector_<head> for
+                    every other head),
                     purchased (catalogue rows the user converted on, for exclusion),
                     history / history_score (the user's history items and their full scores, inner product
-                    plus the repeat term: merged into the index's answer, retrieval/repeat.py),
+                    plus the repeat term: merged into the index's answer, retrieval/repeat.py;
+                    history_score_<head> for every other head),
                     tail_rows / tail_events / tail_ts / tail_dwell (the user's last events, which live events
                     follow: retrieval/live.py), in_* (the user tower's own inputs: ID row, features)
   popular.parquet   item_id, score (conversion popularity, ties by engagement: the answer for users never seen;
@@ -28,10 +33,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retrieval.calibration import Platt
+from retrieval.heads import SERVED
+from retrieval.utility import UtilityError, check_weights
+
 # 2: users.parquet carries history items and their scores (the repeat term); 3: a user has `interests` vectors;
-# 4: the live user state: users' event tails and tower inputs, items' history lookups (in_* columns)
-FORMAT_VERSION = 4
+# 4: the live user state: users' event tails and tower inputs, items' history lookups (in_* columns);
+# 5: one index, user vectors and history scores per head, each head's calibration (manifest ``heads``)
+FORMAT_VERSION = 5
 FILES = ("index.faiss", "items.parquet", "users.parquet", "popular.parquet", "model.pt")
+
+
+def head_index_file(head: str, served: bool) -> str:
+    """The index file of a head: index.faiss for the served (conversion) head, index_<head>.faiss otherwise."""
+    return "index.faiss" if served else f"index_{head}.faiss"
+
+
+def head_column(name: str, head: str, served: bool) -> str:
+    """A per-head column of users.parquet: ``vector`` / ``history_score`` for the served head, else
+    ``<name>_<head>``."""
+    return name if served else f"{name}_{head}"
 
 
 class ArtifactError(ValueError):
@@ -54,12 +75,22 @@ class Manifest:
     recall_check: dict[str, Any]  # {"k", "users", "recall"}: the index against exact search
     repeat_scale: float = 0.0  # the model's repeat-term scale (0: none; history scores are then plain inner products)
     interests: int = 1  # vectors per user: each is searched, an item scores its best interest's inner product
+    # head -> {"index": file, "repeat_scale": float, "calibration": {kind, a, b, window, target, k, users, pairs,
+    # positives} or None (fitted on the checkpoint's validation window; None: none was possible)}; the served
+    # (conversion) head first. Must equal model.pt's heads.
+    heads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    utility_presets: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {head: weight}
     files: dict[str, int] = field(default_factory=dict)  # file -> size in bytes
     format_version: int = FORMAT_VERSION
 
     @property
     def model_version(self) -> str:
         return f"{self.version}@{self.checkpoint['sha256'][:12]}"
+
+    @property
+    def file_names(self) -> list[str]:
+        """Every file the artifact holds: the fixed ones and each head's index."""
+        return [*FILES, *(h["index"] for h in self.heads.values() if h.get("index") not in FILES)]
 
 
 def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -71,7 +102,7 @@ def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
-    manifest.files = {f: (folder / f).stat().st_size for f in FILES}
+    manifest.files = {f: (folder / f).stat().st_size for f in manifest.file_names}
     (folder / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2))
 
 
@@ -92,11 +123,12 @@ def read_manifest(folder: str | Path) -> Manifest:
         raise ArtifactError(f"artifact {folder}: format version {m.format_version}, this service reads {FORMAT_VERSION}")
     if m.metric != "inner_product":
         raise ArtifactError(f"artifact {folder}: metric '{m.metric}', the service serves inner_product only")
-    unlisted = [f for f in FILES if f not in m.files]
+    check_heads(folder, m)
+    unlisted = [f for f in m.file_names if f not in m.files]
     if unlisted:
         raise ArtifactError(f"artifact {folder}: manifest.json lists no size for {unlisted}")
     real = folder.resolve()
-    for f in FILES:
+    for f in m.file_names:
         p = folder / f
         if not p.exists():
             raise ArtifactError(f"artifact {folder}: missing file {f}")
@@ -105,6 +137,27 @@ def read_manifest(folder: str | Path) -> Manifest:
         if p.stat().st_size != m.files[f]:
             raise ArtifactError(f"artifact {folder}: {f} is {p.stat().st_size} bytes, the manifest says {m.files[f]}")
     return m
+
+
+def check_heads(folder: Path, m: Manifest) -> None:
+    """The manifest's heads: the served head first, each with its own index file and a readable calibration."""
+    if not isinstance(m.heads, dict) or not m.heads or next(iter(m.heads)) != SERVED:
+        raise ArtifactError(f"artifact {folder}: manifest heads {list(m.heads or {})} do not start with the served "
+                            f"head '{SERVED}'")
+    for name, h in m.heads.items():
+        if not isinstance(h, dict) or h.get("index") != head_index_file(name, name == SERVED):
+            raise ArtifactError(f"artifact {folder}: head {name}: expected index {head_index_file(name, name == SERVED)}"
+                                f", the manifest says {h.get('index') if isinstance(h, dict) else h!r}")
+        if h.get("calibration") is not None:
+            try:
+                Platt.from_dict(h["calibration"])
+            except ValueError as e:
+                raise ArtifactError(f"artifact {folder}: head {name}: {e}") from None
+    for preset, weights in m.utility_presets.items():
+        try:
+            check_weights(weights, list(m.heads))
+        except UtilityError as e:
+            raise ArtifactError(f"artifact {folder}: utility preset {preset}: {e}") from None
 
 
 class StagingFolder:

@@ -13,7 +13,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from index.artifact import Manifest, StagingFolder, sha256, write_manifest
+from index.artifact import (
+    ArtifactError,
+    Manifest,
+    StagingFolder,
+    head_column,
+    head_index_file,
+    sha256,
+    write_manifest,
+)
+from index.calibrate import calibrate_heads
 from index.faiss_index import (
     apply_search_params,
     build_index,
@@ -23,9 +32,11 @@ from index.faiss_index import (
 )
 from retrieval.checkpoint import load_trained
 from retrieval.corpus import Corpus
-from retrieval.embed import embed_items, embed_users
+from retrieval.embed import embed_items_heads, embed_users_heads
 from retrieval.events import CONVERSION, ENGAGEMENT
+from retrieval.heads import SERVED, heads_of, role_spec
 from retrieval.live import stored_tails
+from retrieval.utility import UtilityError, parse_utility
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +80,33 @@ def purchased_rows(corpus: Corpus) -> pa.Array:
 
 def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events: str | None = None,
           items: str | None = None, users: str | None = None, recall_k: int = 100, recall_users: int = 1000,
-          batch_size: int = 8192, use_gpu: bool | None = None, progress: bool = True, seed: int = 0) -> Manifest:
-    """Build a complete artifact folder at ``out`` (absent if anything fails)."""
+          batch_size: int = 8192, use_gpu: bool | None = None, progress: bool = True, seed: int = 0,
+          presets: dict[str, str] | None = None, calibration_users: int = 2000) -> Manifest:
+    """Build a complete artifact folder at ``out`` (absent if anything fails). presets: named utilities
+    ({name: "head:weight,..."}) the service answers as ``utility=name``."""
     t0 = time.perf_counter()
     trained = load_trained(checkpoint)
     check_factory(factory, trained.model.embedding_dim)  # fail before the embedding, not after it
-    corpus = trained.corpus(events, items, users)
-    item_vecs = embed_items(trained.model, corpus, batch_size, progress)
-    user_vecs, history = embed_users(trained.model, corpus, item_vecs, batch_size, progress)  # [U, K, D]
+    heads = heads_of(trained.hparams)
+    utility_presets = {}
+    for name, spec in (presets or {}).items():
+        try:
+            utility_presets[name] = parse_utility(spec, [h.name for h in heads], {})
+        except UtilityError as e:
+            raise ArtifactError(f"index: preset {name}: {e}") from None
+    # The split too: each head is calibrated on the validation window (every event still counts as history).
+    corpus = trained.corpus(events, items, users, split=True)
+    head_items = embed_items_heads(trained.model, corpus, batch_size, progress)  # {head: [N, D]}
+    head_users = embed_users_heads(trained.model, corpus, head_items, batch_size, progress)  # {head: ([U, K, D], ..)}
+    item_vecs, (user_vecs, history) = head_items[SERVED], head_users[SERVED]
     t_embed = time.perf_counter() - t0
-    index = build_index(item_vecs, factory, use_gpu=use_gpu, seed=seed)
+    indexes = {h: build_index(v, factory, use_gpu=use_gpu, seed=seed) for h, v in head_items.items()}
+    index = indexes[SERVED]
     params = default_search_params(factory)
-    apply_search_params(index, params)
+    for ix in indexes.values():
+        apply_search_params(ix, params)
+    calibration = calibrate_heads(trained.model, corpus, heads, trained.hparams.get("roles") or role_spec(
+        trained.config.roles), max_users=calibration_users, seed=seed)
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(user_vecs), min(recall_users, len(user_vecs)), replace=False)
     recall = measure_recall(index, item_vecs, user_vecs[sample].reshape(-1, item_vecs.shape[1]), recall_k)
@@ -90,7 +116,8 @@ def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events
     ev = corpus.events
     out = Path(out)
     with StagingFolder(out) as tmp:
-        faiss.write_index(index, str(tmp / "index.faiss"))
+        for h, ix in indexes.items():
+            faiss.write_index(ix, str(tmp / head_index_file(h, h == SERVED)))
         items_t = vectors_table(corpus.catalogue, item_vecs, "item_id")
         for name, col in input_columns({k: v[1:] for k, v in corpus.hist_lookup.items()}).items():
             items_t = items_t.append_column(name, col)  # what a live user's history bag reads per item
@@ -100,6 +127,13 @@ def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events
                    .append_column("purchased", purchased_rows(corpus))
                    .append_column("history", list_column(history.offsets, history.rows))
                    .append_column("history_score", list_column(history.offsets, history.scores)))
+        for h, (vecs, hist) in head_users.items():  # the other heads' user vectors and history scores
+            if h != SERVED:
+                assert np.array_equal(hist.offsets, history.offsets)  # one history bag, scored per head
+                users_t = (users_t.append_column(head_column("vector", h, False),
+                                                 vectors_table(ev.user_vocab, vecs, "user_id").column("vector"))
+                           .append_column(head_column("history_score", h, False),
+                                          list_column(hist.offsets, hist.scores)))
         for name, values in (("tail_rows", tails.rows), ("tail_events", tails.events), ("tail_ts", tails.ts),
                              ("tail_dwell", tails.dwell)):  # the raw events a live request's events follow
             users_t = users_t.append_column(name, list_column(tails.offsets, values))
@@ -117,6 +151,10 @@ def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events
             user_id_type=ev.user_id_type,
             recall_check={"k": recall_k, "users": int(len(sample)), "recall": round(recall, 5)},
             repeat_scale=round(trained.model.repeat_scale().item(), 6), interests=int(user_vecs.shape[1]),
+            heads={h.name: {"index": head_index_file(h.name, h.name == SERVED),
+                            "repeat_scale": round(trained.model.repeat_scale(h.name).item(), 6),
+                            "calibration": calibration[h.name]} for h in heads},
+            utility_presets=utility_presets,
         )
         write_manifest(tmp, manifest)
     log.info("index: wrote %s in %.1f s (embedding %.1f s)", out, time.perf_counter() - t0, t_embed)

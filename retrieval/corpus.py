@@ -220,7 +220,7 @@ class Corpus:
             "user": self.user_batch(users, end, ev.ts[pos]),
             "pos": self.item_batch(self.event_row[pos]),
             "weight": self.weight[pos],
-            "is_conv": ev.kind[pos] == CONVERSION,
+            "event": ev.event[pos].astype(np.int64),  # the event code (data.roles' names): each head's multiplier
             "user_key": users.astype(np.int64),
             "pos_item": self.event_row[pos],
         }

@@ -25,6 +25,7 @@ from retrieval.corpus import (
     SplitConfig,
 )
 from retrieval.events import CONVERSION, EventRoles, SessionConfig
+from retrieval.heads import role_spec
 from retrieval.inference import to_torch
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,10 @@ class RetrievalData(L.LightningDataModule):
     @property
     def item_spec(self) -> dict[str, Any]:
         return self.corpus.item_vocab.spec()
+
+    @property
+    def role_spec(self) -> dict[str, dict[str, float]]:
+        return role_spec(self.config.roles)
 
     @property
     def user_spec(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from retrieval.heads import SERVED, heads_of
 from retrieval.losses import interest_scores
 from retrieval.repeat import history_affinity, repeat_scale
 from retrieval.towers import build_towers
@@ -30,11 +31,6 @@ def to_torch(x: Any) -> Any:
     if isinstance(x, dict):
         return {k: to_torch(v) for k, v in x.items()}
     return torch.from_numpy(np.ascontiguousarray(x))
-
-
-def head_names(aux_weight: float) -> list[str]:
-    """The towers' heads: the served conversion head, and the auxiliary engagement head when it has a weight."""
-    return ["conversion"] + (["engagement"] if aux_weight > 0 else [])
 
 
 class TwoTower(nn.Module):
@@ -55,7 +51,7 @@ class TwoTower(nn.Module):
     @classmethod
     def from_hparams(cls, hp: dict[str, Any]) -> TwoTower:
         """The module a TwoTowerModel config describes (its hyperparameters, as saved in a checkpoint)."""
-        return cls(heads=head_names(hp.get("aux_weight", 0.5)), **{k: hp[k] for k in ARCHITECTURE if k in hp})
+        return cls(heads=[h.name for h in heads_of(hp)], **{k: hp[k] for k in ARCHITECTURE if k in hp})
 
     @property
     def embedding_dim(self) -> int:
@@ -67,36 +63,45 @@ class TwoTower(nn.Module):
         q = u / self.temperature
         return torch.cat([q, torch.ones_like(q[..., :1])], -1) if self.item_bias else q
 
-    def embed_items(self, x: dict[str, Tensor]) -> Tensor:
-        """[B, embedding_dim] served (conversion) item vectors."""
-        e = self.item_tower(x)["conversion"]
-        if self.item_bias:
-            e = torch.cat([e[:, :-1], e[:, -1:] * self.temperature], 1)
-        return e
+    def served_item(self, e: Tensor) -> Tensor:
+        """[B, embedding_dim] served item vectors of a head's item output [B, out_dim (+ 1)]."""
+        return torch.cat([e[:, :-1], e[:, -1:] * self.temperature], 1) if self.item_bias else e
 
-    def embed_users(self, x: dict[str, Tensor]) -> Tensor:
-        """[B, embedding_dim] served (conversion) user vectors; [B, K, embedding_dim] with K interests."""
-        u = self.user_tower(x)["conversion"]
+    def served_user(self, u: Tensor) -> Tensor:
+        """[B, (K,) embedding_dim] served user vectors of a head's user output."""
         return torch.cat([u, torch.ones_like(u[..., :1])], -1) if self.item_bias else u
 
-    def repeat_scale(self, head: str = "conversion") -> Tensor:
+    def embed_items(self, x: dict[str, Tensor], head: str = SERVED) -> Tensor:
+        """[B, embedding_dim] served item vectors of one head (the conversion head by default)."""
+        return self.served_item(self.item_tower(x)[head])
+
+    def embed_users(self, x: dict[str, Tensor], head: str = SERVED) -> Tensor:
+        """[B, embedding_dim] served user vectors of one head; [B, K, embedding_dim] with K interests."""
+        return self.served_user(self.user_tower(x)[head])
+
+    def embed_users_heads(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Every head's served user vectors from one run of the tower: {head: [B, (K,) embedding_dim]}."""
+        return {h: self.served_user(u) for h, u in self.user_tower(x).items()}
+
+    def repeat_scale(self, head: str = SERVED) -> Tensor:
         """Served-units scale of the repeat term (0 without one): score += scale * log1p(history weight)."""
         if self.repeat_raw is None:
             return torch.zeros((), device=self.item_tower.heads["conversion"].weight.device)
         return repeat_scale(self.repeat_raw[self.heads.index(head)])
 
-    def repeat_term(self, affinity: Tensor, head: str = "conversion") -> Tensor:
+    def repeat_term(self, affinity: Tensor, head: str = SERVED) -> Tensor:
         """The repeat term in served units, scale * log1p(affinity), of items' summed history weight (any shape):
         the one formula behind training, evaluation and the index job's history scores."""
         return self.repeat_scale(head) * torch.log1p(affinity)
 
-    def served_scores(self, users: Tensor, items: Tensor, user_x: dict[str, Tensor]) -> Tensor:
-        """[B, N] full scores of served user vectors [B, (K,) D] against every catalogue item [N, D] (rows in order):
-        the best interest's inner product plus the repeat term."""
+    def served_scores(self, users: Tensor, items: Tensor, user_x: dict[str, Tensor], head: str = SERVED) -> Tensor:
+        """[B, N] full scores of one head's served user vectors [B, (K,) D] against every catalogue item [N, D]
+        (rows in order): the best interest's inner product plus the head's repeat term."""
         scores = interest_scores(users, items)
         if self.repeat_raw is not None:
             catalogue = torch.arange(items.shape[0], device=items.device)  # rows past a partial catalogue drop out
-            scores = scores + self.repeat_term(history_affinity(user_x["hist_rows"], user_x["hist_weights"], catalogue))
+            scores = scores + self.repeat_term(history_affinity(user_x["hist_rows"], user_x["hist_weights"], catalogue),
+                                               head)
         return scores
 
 

@@ -9,7 +9,9 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from retrieval.corpus import DEFAULT_ROLES
 from retrieval.frequency import StreamingFrequency
+from retrieval.heads import event_multipliers, heads_of, role_spec
 from retrieval.inference import TwoTower
 from retrieval.losses import Candidates, softmax_logits, softmax_nll
 from retrieval.metrics import recall_at_k
@@ -29,9 +31,11 @@ class TwoTowerModel(L.LightningModule):
         id_dropout: float = 0.1,
         temperature: float = 0.05,
         item_bias: bool = True,
-        conversion_weight: float = 1.0,
-        engagement_weight: float = 0.1,
-        aux_weight: float = 0.5,
+        conversion_weight: float | None = None,
+        engagement_weight: float | None = None,
+        aux_weight: float | None = None,
+        heads: list[dict[str, Any]] | None = None,
+        roles: dict[str, dict[str, float]] | None = None,
         logq: bool = True,
         repeat: bool = True,
         freq_alpha: float = 0.05,
@@ -54,9 +58,15 @@ class TwoTowerModel(L.LightningModule):
             temperature: softmax temperature (folded into the user embedding).
             item_bias: a learned scalar per item (from the item tower) added to its logit; served as one
                 more dimension, so inner-product search stays exact.
-            conversion_weight: weight of conversion positives in the main (served) loss; 0 = engagement-only.
-            engagement_weight: weight of dwell-weighted engagement positives in the main loss; 0 = conversion-only.
-            aux_weight: lambda of the auxiliary engagement head's loss; 0 = no head.
+            conversion_weight: shorthand for the default heads (None = 1.0): weight of conversion positives in
+                the conversion (served) head's loss; 0 = engagement-only.
+            engagement_weight: shorthand (None = 0.1): weight of dwell-weighted engagement positives in the
+                conversion head's loss; 0 = conversion-only.
+            aux_weight: shorthand (None = 0.5): loss weight of the auxiliary engagement head; 0 = no head.
+            heads: one head per objective, replacing the shorthand (leave those None): a list of {name,
+                positives: {event or role: multiplier}, weight, target (optional)}; one is named conversion
+                (the default answer's). See retrieval/heads.py.
+            roles: the data's event roles (linked from data.role_spec): what heads' event names resolve to.
             logq: logQ correction of in-batch (streaming frequency) and sampled (uniform) negatives.
             repeat: add a learned repeat term, scale * log1p(the item's summed weight in the user's history
                 bag), to every score (retrieval/repeat.py); its scale is fitted on the towers' scores held
@@ -69,9 +79,11 @@ class TwoTowerModel(L.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        if conversion_weight <= 0 and engagement_weight <= 0:
-            raise ValueError("model: conversion_weight and engagement_weight are both 0: the served head learns nothing")
+        self.head_specs = heads_of(self.hparams)
         self.net = TwoTower.from_hparams(self.hparams)  # the towers and the served score: all that serving needs
+        # [H, E] each head's multiplier of each event code's weight (not saved: derived from heads and roles).
+        mult = event_multipliers(self.head_specs, roles or role_spec(DEFAULT_ROLES))
+        self.register_buffer("event_mult", torch.from_numpy(mult), persistent=False)
         self.freq = StreamingFrequency(freq_buckets, freq_alpha)
         self.automatic_optimization = False  # two optimizers: SparseAdam for tables, Adam for dense layers
         self._val_items: list[Tensor] = []
@@ -110,17 +122,17 @@ class TwoTowerModel(L.LightningModule):
         if self.training:
             self.freq.update(batch["pos_item"])
         cand_log_q = self.freq.log_prob(batch["pos_item"]) if h.logq else None
-        w, conv = batch["weight"], batch["is_conv"]
-        main_w = w * torch.where(conv, h.conversion_weight, h.engagement_weight)
+        w, event = batch["weight"], batch["event"]
         affinity = None
         if net.repeat_raw is not None:  # [B, B + N]: each user's history weight of every candidate column
             affinity = history_affinity(batch["user"]["hist_rows"], batch["user"]["hist_weights"],
                                         torch.cat([batch["pos_item"], batch["neg_item"]]))
-        out = {"conversion": self._head_loss("conversion", u, p, n, main_w, batch, cand_log_q, affinity)}
-        total = out["conversion"]
-        if h.aux_weight > 0:
-            out["engagement"] = self._head_loss("engagement", u, p, n, w * ~conv, batch, cand_log_q, affinity)
-            total = total + h.aux_weight * out["engagement"]
+        out, total = {}, None
+        for i, head in enumerate(self.head_specs):  # [B] an example's weight in this head: its weight x multiplier
+            out[head.name] = self._head_loss(head.name, u, p, n, w * self.event_mult[i][event], batch, cand_log_q,
+                                             affinity)
+            term = head.weight * out[head.name]
+            total = term if total is None else total + term
         out["total"] = total
         return out
 

@@ -35,7 +35,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="Conversion candidate retrieval", version="0.1.0", lifespan=lifespan,
                   description="Top-k conversion candidates per user for the ranking stage.")
     app.state.service = svc
-    app.include_router(candidates.router(settings, models))
+    app.include_router(candidates.router(settings, models, m))
     app.include_router(health.router)
     app.include_router(admin.router(settings))
     app.include_router(events.router(settings, models))

@@ -2,12 +2,17 @@
 ``POST /candidates``: the same with fresh events in the body, which the user tower reads at request time after
 the user's stored and live events. A user with live events (``POST /events``) is answered from them either way."""
 
-from typing import Annotated
+import itertools
+import re
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
+from index.artifact import Manifest
+from retrieval.utility import MAX_TEXT, UtilityError
 from serve.events import MAX_ID, EventModels, JsonInt, int_or_str, plain
 from serve.limits import check_query
 from serve.responses import CandidatesResponse, LiveCandidatesResponse, json_response
@@ -15,12 +20,42 @@ from serve.service import Service
 from serve.settings import Settings
 from serve.store import Served
 
-ALLOWED = {"user", "k", "exclude_purchased"}
+ALLOWED = {"user", "k", "exclude_purchased", "utility", "scores"}
+UTILITY_DOC = ("rank by a utility: head:weight,... (e.g. conversion:1,engagement:0.3) or a preset the artifact "
+               "names; the top k by the weighted sum of the heads' calibrated probabilities. Absent: the "
+               "conversion head alone")
 
 
-def router(settings: Settings, models: EventModels) -> APIRouter:
-    """The routes, with k's bounds and default from the settings, events typed by the artifact's ids."""
+# A weight as the schema states it: a decimal with a non-zero digit (the service also takes 0 for some heads, as
+# long as one weight is above 0, and any float in a JSON body).
+POSITIVE = r"([0-9]{0,6}[1-9][0-9]{0,6}(\.[0-9]{1,6})?|[0-9]{1,6}\.[0-9]{0,5}[1-9][0-9]{0,5})"
+
+
+def utility_schema(m: Manifest) -> tuple[str | None, dict[str, Any]]:
+    """The query pattern and the body schema of a utility, from the artifact the service starts with: its
+    calibrated heads, each at most once in the artifact's order, or one of its presets. None: no head is
+    calibrated, so no utility is accepted. (A swap may bring other heads; the service checks each request
+    against the artifact it answers from.)"""
+    heads = [h for h, spec in m.heads.items() if spec.get("calibration")][:6]  # 2^6 - 1 orderings at most
+    if not heads:
+        return None, {"type": "null"}
+    terms = [f"{h}:{POSITIVE}" for h in heads]
+    subsets = [",".join(t for t, keep in zip(terms, mask, strict=True) if keep)
+               for mask in itertools.product((True, False), repeat=len(terms)) if any(mask)]
+    presets = [re.escape(p) for p, w in m.utility_presets.items() if set(w) <= set(heads)]
+    pattern = "^(" + "|".join(subsets + presets) + ")$"
+    body = {"anyOf": [{"type": "string", "pattern": pattern, "maxLength": MAX_TEXT},
+                      {"type": "object", "minProperties": 1, "additionalProperties": False,
+                       "properties": {h: {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6} for h in heads}},
+                      {"type": "null"}]}
+    return pattern, body
+
+
+def router(settings: Settings, models: EventModels, manifest: Manifest) -> APIRouter:
+    """The routes, with k's bounds and default from the settings, events typed by the artifact's ids, utilities
+    by its heads."""
     r = APIRouter()
+    pattern, body_schema = utility_schema(manifest)
 
     # An async def answers on the event loop: a search is shorter than handing the request to a thread, so one
     # process answers on one core; scale out with processes. No Depends on this path: FastAPI's dependency
@@ -32,15 +67,20 @@ def router(settings: Settings, models: EventModels) -> APIRouter:
         user: Annotated[str, Query(min_length=1, max_length=settings.max_user_len, description="user id")],
         k: Annotated[int, Query(ge=1, le=settings.max_k, description="number of candidates")] = settings.default_k,
         exclude_purchased: Annotated[bool, Query(description="drop items the user already converted on")] = False,
+        utility: Annotated[str | None, Query(min_length=1, max_length=MAX_TEXT, description=UTILITY_DOC,
+                                             json_schema_extra={"pattern": pattern} if pattern else None)] = None,
+        scores: Annotated[bool, Query(description="each candidate's raw score per head, and p_<head> of every "
+                                      "calibrated head")] = False,
     ) -> Response:
         check_query(request, ALLOWED)  # unknown or repeated parameters
         svc: Service = request.app.state.service
         served = svc.served
         if served is None:
             raise HTTPException(503, "no artifact loaded")
+        weights = checked_utility(served, utility, "query")
         uid = served.users.parse(user)
         live = await svc.store.get(str(uid)) if uid is not None else []
-        body, _ = answer(svc, served, uid, user, live, k, exclude_purchased)
+        body, _ = answer(svc, served, uid, user, live, k, exclude_purchased, weights, scores)
         return json_response(body)
 
     class CandidatesRequest(BaseModel):
@@ -51,6 +91,12 @@ def router(settings: Settings, models: EventModels) -> APIRouter:
         exclude_purchased: bool = Field(False, description="drop items the user (or these events) converted on")
         events: list[models.event] = Field(default_factory=list, max_length=settings.max_request_events,
                                            description="fresh events, after the user's stored and live ones")
+        utility: Annotated[Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_TEXT)]
+                           | dict[Annotated[str, StringConstraints(max_length=32)], float] | None,
+                           WithJsonSchema(body_schema)] = Field(
+            None, description=UTILITY_DOC + "; or an object {head: weight}")
+        scores: bool = Field(False, description="each candidate's raw score per head, and p_<head> of every "
+                             "calibrated head")
 
     @r.post("/candidates", response_model=LiveCandidatesResponse, summary="Top-k candidates from fresh events",
             responses={503: {"description": "no artifact loaded yet"}})
@@ -59,30 +105,47 @@ def router(settings: Settings, models: EventModels) -> APIRouter:
         served = svc.served
         if served is None:
             raise HTTPException(503, "no artifact loaded")
+        weights = checked_utility(served, body.utility, "body")
         uid = None if body.user is None else served.users.parse(body.user)  # None: no user of this artifact
         live = await svc.store.get(str(uid)) if uid is not None else []
         out, ignored = answer(svc, served, uid, body.user, live + plain(body.events), body.k,
-                                    body.exclude_purchased)
+                              body.exclude_purchased, weights, body.scores)
         out["ignored_events"] = ignored
         return json_response(out)
 
     return r
 
 
+def checked_utility(served: Served, utility: str | dict[str, float] | None, where: str) -> dict[str, float] | None:
+    """The utility's checked weights (None: the conversion head alone); a 422 names what is wrong with it."""
+    if utility is None:
+        return None
+    try:
+        return served.utility(utility)
+    except UtilityError as e:
+        raise RequestValidationError([{"loc": [where, "utility"], "msg": str(e), "type": "value_error"}]) from None
+
+
 def answer(svc: Service, served: Served, uid: int | str | None, raw_user, events: list[dict], k: int,
-                 exclude_purchased: bool) -> tuple[dict, int]:
+           exclude_purchased: bool, utility: dict[str, float] | None = None,
+           with_scores: bool = False) -> tuple[dict, int]:
     """The response body for a user and their live events (stored answer when none is usable), and how many
     events the model could not read."""
     if events:
         fresh, ignored = served.fresh_tail(events)
-        fallback, ids, scores = served.candidates_live(uid, fresh, k, exclude_purchased)
+        a = served.candidates_live(uid, fresh, k, exclude_purchased, utility, with_scores)
         if len(fresh):
             svc.metrics.live_answers.inc()
     else:
         ignored = 0
-        fallback, ids, scores = served.candidates(uid, k, exclude_purchased)
-    if fallback:
+        a = served.candidates(uid, k, exclude_purchased, utility, with_scores)
+    if a.fallback:
         svc.metrics.fallbacks.inc()
+    if utility is not None:
+        svc.metrics.utility_answers.inc()
     user = uid if uid is not None else raw_user if isinstance(raw_user, str) else None
-    return {"user": user, "k": k, "model_version": served.model_version, "fallback": fallback,
-            "candidates": [{"item_id": i, "score": s} for i, s in zip(ids, scores, strict=True)]}, ignored
+    body = {"user": user, "k": k, "model_version": served.model_version, "fallback": a.fallback,
+            "candidates": [{"item_id": i, "score": s, **x} for i, s, x in zip(a.ids, a.scores, a.extra, strict=True)]}
+    if utility is not None:
+        body["utility"] = utility
+    return body, ignored

@@ -20,11 +20,12 @@ from pydantic import (
 
 from retrieval.contract import INT64
 from retrieval.events import MAX_TS_S
+from serve.ids import CANONICAL_INT
 from serve.limits import json_body_schema, read_json
 from serve.responses import json_response
 from serve.service import Service, served_now, service
 from serve.settings import Settings
-from serve.store import CANONICAL_INT, Served
+from serve.store import Served
 
 MAX_ID = 1024  # longest string id
 

@@ -31,6 +31,8 @@ class Metrics:
                                    registry=self.registry)
         self.live_answers = Counter("retrieval_live_answers_total", "answers from the user tower run on live events",
                                     registry=self.registry)
+        self.utility_answers = Counter("retrieval_utility_answers_total", "answers ranked by a caller's utility",
+                                       registry=self.registry)
         self.live_evictions = Counter("retrieval_live_evictions_total", "users evicted from the in-memory live store",
                                       registry=self.registry)
         self.swap_failures = Counter("retrieval_swap_failures_total", "artifact swaps refused", registry=self.registry)

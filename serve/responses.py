@@ -4,12 +4,17 @@ from typing import Any
 
 import orjson
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Candidate(BaseModel):
+    model_config = ConfigDict(extra="allow")  # p_<head>: one per calibrated head, named by the artifact's heads
     item_id: int | str
-    score: float
+    score: float = Field(description="the conversion head's served score; with a utility, the utility's value")
+    p_conversion: float | None = Field(None, description="calibrated probability that the user converts on this "
+                                       "item in the horizon (absent: an uncalibrated artifact, or the fallback); "
+                                       "p_<head> likewise for every other head of a utility answer")
+    scores: dict[str, float] | None = Field(None, description="raw served score per head (when asked: scores=true)")
 
 
 class CandidatesResponse(BaseModel):
@@ -18,6 +23,7 @@ class CandidatesResponse(BaseModel):
     model_version: str = Field(description="artifact version @ checkpoint hash (+N items.DIGEST after live adds)")
     fallback: str | None = Field(description='null, or "popular" for a user the model has never seen')
     candidates: list[Candidate]
+    utility: dict[str, float] | None = Field(None, description="the weights the answer was ranked by (when asked)")
 
 
 class LiveCandidatesResponse(CandidatesResponse):

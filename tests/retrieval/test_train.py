@@ -154,3 +154,32 @@ def test_a_log_whose_conversions_all_fall_after_training_stops_in_one_line(tmp_p
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     line = [ln for ln in r.stderr.splitlines() if "ERROR" in ln]
     assert len(line) == 1 and "no conversion falls in the training window" in line[0] and "'test':" in line[0]
+
+
+def test_declared_heads_train_and_each_is_embedded_and_calibrated(tiny_world, tmp_path):
+    """configs/heads.yaml: three heads train (each its own loss), and the index job embeds and calibrates each."""
+    from index.artifact import read_manifest
+    from index.build import build
+
+    cli = main(["fit", *fit_args(tiny_world, tmp_path, "--config", str(ROOT / "configs" / "heads.yaml"),
+                                 "--trainer.limit_train_batches=5")])
+    assert list(cli.model.net.user_tower.heads) == ["conversion", "cart", "engagement"]
+    m = metrics(cli)
+    assert all(np.isfinite(m[f"train/loss_{h}"]) for h in ("conversion", "cart", "engagement"))
+    assert cli.model.hparams.roles == {"conversions": {"purchase": 1.0},  # linked from data.roles
+                                       "engagement": {"view": 0.5, "click": 1.0, "add_to_cart": 2.0}}
+    # The cart head learns from add_to_cart alone: its multiplier row is 0 everywhere else.
+    assert cli.model.event_mult[1].tolist() == [0.0, 0.0, 0.0, 1.0]
+    build(tmp_path / "checkpoints" / "last.ckpt", tmp_path / "art", progress=False)
+    manifest = read_manifest(tmp_path / "art")
+    assert list(manifest.heads) == ["conversion", "cart", "engagement"]
+    assert manifest.heads["cart"]["index"] == "index_cart.faiss" and (tmp_path / "art" / "index_cart.faiss").exists()
+    cal = manifest.heads["cart"]["calibration"]
+    assert cal["target"] == ["add_to_cart"] and cal["window"] == "validation" and cal["a"] > 0
+
+
+def test_heads_and_shorthand_together_are_refused_in_one_line(tiny_world, tmp_path, caplog):
+    with pytest.raises(SystemExit) as e:
+        main(["fit", *fit_args(tiny_world, tmp_path, "--config", str(ROOT / "configs" / "heads.yaml"),
+                               "--model.aux_weight=0.5", "--trainer.limit_train_batches=1")])
+    assert e.value.code == 2 and "heads replaces the shorthand" in caplog.text

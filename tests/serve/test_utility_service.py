@@ -1,0 +1,198 @@
+"""Heads at query time: the default answer is the conversion head's, with its calibrated probability; a utility
+ranks by the weighted sum of calibrated probabilities, exactly as brute force over the artifact's own vectors;
+bad utilities and artifacts whose heads disagree are refused, naming what is wrong."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+from helpers import TOKEN
+
+from index.artifact import ArtifactError, read_manifest
+from index.build import build
+from retrieval.calibration import Platt
+from serve.app import create_app
+from serve.settings import Settings
+from serve.store import load_served
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def brute_force(folder, user_row: int):
+    """Every catalogue item's full score per head for one stored user, from the artifact's files alone."""
+    m = read_manifest(folder)
+    users = pq.read_table(folder / "users.parquet")
+    hist = np.asarray(users.column("history")[user_row].as_py(), np.int64)
+    out = {}
+    for h, spec in m.heads.items():
+        index = faiss.read_index(str(folder / spec["index"]))
+        items = index.reconstruct_n(0, index.ntotal)  # [N, D] (Flat: exact)
+        col = "vector" if h == "conversion" else f"vector_{h}"
+        vecs = np.asarray(users.column(col)[user_row].as_py(), np.float32).reshape(m.interests, -1)
+        s = (items @ vecs.T).max(1)
+        s[hist] = users.column("history_score" if h == "conversion" else f"history_score_{h}")[user_row].as_py()
+        out[h] = s
+    return out, {h: Platt.from_dict(spec["calibration"]) for h, spec in m.heads.items()}
+
+
+def user_id(folder, row: int) -> str:
+    return str(pq.read_table(folder / "users.parquet", columns=["user_id"]).column("user_id")[row].as_py())
+
+
+@pytest.mark.parametrize("row", [0, 7, 31])
+def test_default_answer_is_the_conversion_heads_with_its_probability(client, root, row):
+    full, cal = brute_force(root / "v1", row)
+    r = client.get("/candidates", params={"user": user_id(root / "v1", row), "k": 20}).json()
+    got = [c["item_id"] for c in r["candidates"]]
+    ids = pq.read_table(root / "v1" / "items.parquet", columns=["item_id"]).column("item_id").to_pylist()
+    assert got == [ids[i] for i in np.argsort(-full["conversion"], kind="stable")[:20]]
+    assert "utility" not in r and all(set(c) == {"item_id", "score", "p_conversion"} for c in r["candidates"])
+    for c in r["candidates"]:
+        assert c["p_conversion"] == pytest.approx(float(cal["conversion"](c["score"])), rel=1e-6)
+    # A utility of the conversion head alone ranks the same items (a calibration keeps the order).
+    alone = client.get("/candidates", params={"user": user_id(root / "v1", row), "k": 20, "utility": "conversion:2"})
+    assert [c["item_id"] for c in alone.json()["candidates"]] == got
+
+
+@pytest.mark.parametrize("row", [0, 7, 31])
+@pytest.mark.parametrize("w", [0.05, 0.5, 3.0])
+def test_utility_answer_is_brute_force_over_the_catalogue(client, root, row, w):
+    full, cal = brute_force(root / "v1", row)
+    u = cal["conversion"](full["conversion"]) + w * cal["engagement"](full["engagement"])
+    ids = pq.read_table(root / "v1" / "items.parquet", columns=["item_id"]).column("item_id").to_pylist()
+    r = client.get("/candidates", params={"user": user_id(root / "v1", row), "k": 30, "scores": "true",
+                                          "utility": f"conversion:1,engagement:{w}"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["utility"] == {"conversion": 1.0, "engagement": w}
+    want = np.argsort(-u, kind="stable")[:30]
+    assert [c["item_id"] for c in body["candidates"]] == [ids[i] for i in want]
+    for c, i in zip(body["candidates"], want, strict=True):
+        assert c["score"] == pytest.approx(u[i], rel=1e-5)
+        assert c["scores"]["engagement"] == pytest.approx(full["engagement"][i], abs=1e-5)
+        assert c["p_engagement"] == pytest.approx(cal["engagement"](full["engagement"][i]), rel=1e-5)
+
+
+def test_post_takes_the_same_utility_as_a_string_or_an_object(client, root):
+    user = user_id(root / "v1", 3)
+    get = client.get("/candidates", params={"user": user, "k": 10, "utility": "conversion:1,engagement:0.4"}).json()
+    for utility in ("conversion:1,engagement:0.4", {"conversion": 1, "engagement": 0.4}):
+        post = client.post("/candidates", json={"user": int(user), "k": 10, "utility": utility}).json()
+        assert post["candidates"] == get["candidates"]
+    # With fresh events: the live state is scored on every head, and the answer still ranks by the utility.
+    item = get["candidates"][0]["item_id"]
+    live = client.post("/candidates", json={"user": int(user), "k": 10, "utility": "engagement:1", "scores": True,
+                                            "events": [{"item_id": item, "event": "view", "ts": 1_900_000_000}]})
+    assert live.status_code == 200, live.text
+    c = live.json()["candidates"]
+    assert [x["score"] for x in c] == sorted((x["score"] for x in c), reverse=True)
+    assert all(set(x["scores"]) == {"conversion", "engagement"} for x in c)
+
+
+@pytest.mark.parametrize("utility, message", [
+    ("conversion:1,clicks:1", "unknown head 'clicks'"),
+    ("conversion:-0.5", "weight of 'conversion' is -0.5"),
+    ("conversion:nan", "weight of 'conversion' is nan"),
+    ("conversion:0,engagement:0", "every weight is 0"),
+    ("conversion=1", "is not head:weight"),
+])
+def test_bad_utilities_get_422_naming_the_parameter(client, utility, message):
+    r = client.get("/candidates", params={"user": "1", "utility": utility})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "utility"], r.text
+    assert message in r.json()["detail"][0]["msg"]
+    r = client.post("/candidates", json={"user": 1, "utility": utility})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "utility"], r.text
+    for body in ({"conversion": -1}, {"conversion": 0}, {"clicks": 1}, {}):
+        assert client.post("/candidates", json={"user": 1, "utility": body}).status_code == 422
+
+
+def test_unknown_user_with_a_utility_gets_popularity(client):
+    r = client.get("/candidates", params={"user": "no-such-user", "k": 5, "utility": "conversion:1,engagement:1"})
+    assert r.status_code == 200 and r.json()["fallback"] == "popular"
+
+
+def test_presets_are_declared_at_build_and_named_at_query(trained, root, tmp_path):
+    folder = root / "v_presets"
+    if not folder.exists():
+        build(trained, folder, "Flat", progress=False, presets={"browse": "conversion:1,engagement:2"})
+    assert read_manifest(folder).utility_presets == {"browse": {"conversion": 1.0, "engagement": 2.0}}
+    with pytest.raises(ArtifactError, match="unknown head 'cart'"):
+        build(trained, tmp_path / "bad", "Flat", progress=False, presets={"x": "cart:1"})
+    with TestClient(create_app(Settings(artifacts=folder))) as c:
+        named = c.get("/candidates", params={"user": user_id(folder, 2), "utility": "browse"}).json()
+        spelled = c.get("/candidates", params={"user": user_id(folder, 2), "utility": "conversion:1,engagement:2"})
+        assert named["candidates"] == spelled.json()["candidates"] and named["utility"] == {"conversion": 1.0,
+                                                                                           "engagement": 2.0}
+        assert c.get("/candidates", params={"user": "1", "utility": "browsing"}).status_code == 422
+
+
+def damaged(root, name: str, edit) -> str:
+    bad = root / name
+    if bad.exists():
+        shutil.rmtree(bad)
+    shutil.copytree(root / "v1", bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    edit(m)
+    (bad / "manifest.json").write_text(json.dumps(m))
+    return name
+
+
+def test_heads_that_disagree_with_the_model_are_refused_at_load_and_swap(client, root):
+    def drop_engagement(m):
+        del m["heads"]["engagement"]
+        del m["files"]["index_engagement.faiss"]
+
+    def served_head_second(m):
+        m["heads"] = dict(reversed(list(m["heads"].items())))
+
+    for name, edit, message in (("bad_heads", drop_engagement, "model.pt has heads"),
+                                ("bad_order", served_head_second, "do not start with the served head")):
+        damaged(root, name, edit)
+        with pytest.raises(ArtifactError, match=message):
+            load_served(root / name)
+        r = client.post("/admin/swap", json={"path": name}, headers=AUTH)
+        assert r.status_code == 409 and message in r.json()["detail"], r.text
+
+
+def test_an_uncalibrated_head_serves_no_probability_and_no_utility(root):
+    def uncalibrate(m):
+        m["heads"]["engagement"]["calibration"] = None
+
+    folder = root / damaged(root, "uncalibrated", uncalibrate)
+    with TestClient(create_app(Settings(artifacts=folder))) as c:
+        user = user_id(folder, 1)
+        r = c.get("/candidates", params={"user": user, "scores": "true"}).json()
+        assert all("p_engagement" not in x and "p_conversion" in x for x in r["candidates"])
+        bad = c.get("/candidates", params={"user": user, "utility": "conversion:1,engagement:1"})
+        assert bad.status_code == 422 and "no calibration" in bad.json()["detail"][0]["msg"]
+        assert c.get("/candidates", params={"user": user, "utility": "conversion:1"}).status_code == 200
+
+
+def test_added_items_join_every_heads_index(client, root):
+    new = {"item_id": 8_888_888, "category": "c1", "brand": "b9", "price": 30.0, "rating": 4.5}
+    assert client.post("/admin/items", json={"items": [new]}, headers=AUTH).status_code == 200
+    served = client.app.state.service.served
+    assert {ix.ntotal for ix in served.indexes.values()} == {len(served.item_ids)}
+    r = client.get("/candidates", params={"user": user_id(root / "v1", 0), "k": len(served.item_ids),
+                                          "utility": "conversion:1,engagement:1"})
+    assert r.status_code == 200 and 8_888_888 in [c["item_id"] for c in r.json()["candidates"]]
+
+
+def test_the_engagement_weight_moves_the_answer(client, root):
+    """The trade-off a product owner picks from: more engagement weight, more of the engagement head's top."""
+    user = user_id(root / "v1", 7)
+    full, _ = brute_force(root / "v1", 7)
+    ids = np.array(pq.read_table(root / "v1" / "items.parquet", columns=["item_id"]).column("item_id").to_pylist())
+    eng_top = set(ids[np.argsort(-full["engagement"])[:20]].tolist())
+    overlap = []
+    for w in (0.0, 1.0, 100.0):
+        utility = f"conversion:1,engagement:{w}" if w else "conversion:1"
+        got = client.get("/candidates", params={"user": user, "k": 20, "utility": utility}).json()["candidates"]
+        overlap.append(len(eng_top & {c["item_id"] for c in got}))
+    assert overlap[0] < overlap[2] and overlap[0] <= overlap[1] <= overlap[2] and overlap[2] >= 18, overlap
