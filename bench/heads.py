@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.live import DATA, checkpoint  # noqa: E402
 from bench.report import ROOT, publish, table  # noqa: E402
 from index.calibrate import calibrate_heads  # noqa: E402
-from retrieval.calibration import Platt, Pairs, brier, ece, reliability, served_pairs  # noqa: E402
+from retrieval.calibration import Pairs, Platt, brier, ece, reliability, served_pairs  # noqa: E402
 from retrieval.checkpoint import load_trained  # noqa: E402
 from retrieval.embed import embed_items, user_state_scores  # noqa: E402
 from retrieval.evaluate import bootstrap, fmt_interval, rank_targets, with_popularity_fallback  # noqa: E402
@@ -66,7 +66,7 @@ def sweep(trained, corpus, calib, users: int) -> list[tuple[float, tuple, tuple]
 
 
 def pairs_of(trained, corpus, users: int) -> dict[str, Pairs]:
-    roles = trained.hparams.get("roles") or role_spec(trained.config.roles)
+    roles = role_spec(trained.config.roles)
     names = [*roles["conversions"], *roles["engagement"]]
     return {h.name: served_pairs(trained.model, corpus, TEST, h.name, [names.index(e) for e in target_events(h, roles)],
                                  max_users=users) for h in heads_of(trained.hparams)}
@@ -153,7 +153,7 @@ def main() -> None:
         trained = load_trained(ckpt)
         corpus = trained.corpus(split=True)
         heads = heads_of(trained.hparams)
-        roles = trained.hparams.get("roles") or role_spec(trained.config.roles)
+        roles = role_spec(trained.config.roles)
         fitted = calibrate_heads(trained.model, corpus, heads, roles, max_users=a.users)
         calib = {h: Platt(c["a"], c["b"]) for h, c in fitted.items() if c}
         test = pairs_of(trained, corpus, a.users)

@@ -1,6 +1,7 @@
 """Serving under load: the real service with a 1M-item index against the same stack answering a constant.
 
     python bench/serve_load.py [--factory HNSW32] [--seconds 5] [--rounds 3] [--interests 1,4]
+                               [--utility conversion:1,engagement:0.05]
 
 Needs wrk (Debian package). For each number of user vectors (interest vectors: the service runs one index
 search per vector and merges them), takes the big world's model (bench/big_world.py; trained once, 300 steps),
@@ -9,7 +10,9 @@ them it starts the same FastAPI + uvicorn stack answering a pre-serialised respo
 async endpoint, as the service's is (the HTTP ceiling), and once more from a plain def endpoint, which FastAPI
 runs in its threadpool (what the service paid per request before it answered on the event loop). wrk drives
 each at 1 and 16 connections over random known and unknown users (k=100), the rows taking turns for a few
-rounds. Load generator and servers share this machine's cores.
+rounds. With --utility, the same service processes also answer requests that carry that utility (every head
+searched, the union scored exactly: retrieval/utility.py), as rows of their own beside the default path.
+Load generator and servers share this machine's cores.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ math.randomseed(os.time())
 request = function()
   local u
   if math.random() < 0.8 then u = tostring(math.random(1, %d)) else u = "new-" .. math.random(1, 1000000) end
-  return wrk.format("GET", "/candidates?user=" .. u .. "&k=100")
+  return wrk.format("GET", "/candidates?user=" .. u .. "&k=100%s")
 end
 """
 CEILING = '''
@@ -132,17 +135,22 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds over all rows (the table shows medians)")
     p.add_argument("--port", type=int, default=8765, help="first of the consecutive ports the servers take")
     p.add_argument("--interests", default="1,4", help="user vectors per model, comma-separated (first = reference)")
+    p.add_argument("--utility", default=None, help="also measure requests with this utility (head:weight,...)")
     a = p.parse_args()
     ks = [int(k) for k in a.interests.split(",")]
     arts = {k: ensure_artifact(k, a.factory) for k in ks}
     manifests = {k: json.loads((art / "manifest.json").read_text()) for k, art in arts.items()}
     n_users = manifests[ks[0]]["n_users"]
     script = Path(tempfile.mkdtemp()) / "users.lua"
-    script.write_text(LUA % n_users)
+    script.write_text(LUA % (n_users, ""))
+    utility_script = script.parent / "utility.lua"
+    utility_script.write_text(LUA % (n_users, f"&utility={a.utility}" if a.utility else ""))
     body = script.parent / "body.json"
     names = [f"service, {k} user vector{'s' if k > 1 else ''}" for k in ks]
+    utility_names = {f"{n}, utility {a.utility}": n for n in names} if a.utility else {}
     names += ["constant response, async endpoint (ceiling)", "constant response, plain def endpoint (threadpool)"]
     ports = {name: a.port + i for i, name in enumerate(names)}
+    ports.update({u: ports[n] for u, n in utility_names.items()})  # the same process, another request
     procs, idle = {}, {}
     try:
         # Every server stays up through the measurement and the rows take turns, round after round: a
@@ -154,10 +162,15 @@ def main() -> None:
         body.write_bytes(urllib.request.urlopen(f"http://127.0.0.1:{ports[names[0]]}/candidates?user=1&k=100").read())
         for name, kind in zip(names[len(ks):], ("async def", "def"), strict=True):
             procs[name] = start([sys.executable, "-c", CEILING % kind, str(body), str(ports[name])], ports[name])
-        rounds = {(name, c): [] for name in names for c in (1, 16)}
+        if a.utility:
+            check = urllib.request.urlopen(f"http://127.0.0.1:{ports[names[0]]}/candidates?user=1&k=100&utility="
+                                           f"{a.utility}").read()
+            assert b'"utility"' in check, check[:200]
+        rows_in_turn = [*names[:len(ks)], *utility_names, *names[len(ks):]]
+        rounds = {(name, c): [] for name in rows_in_turn for c in (1, 16)}
         for _ in range(a.rounds):
             for (name, c), runs in rounds.items():
-                runs.append(wrk(ports[name], c, a.seconds, str(script)))
+                runs.append(wrk(ports[name], c, a.seconds, str(utility_script if name in utility_names else script)))
         loaded = {name: rss_mib(procs[name].pid) for name in names[:len(ks)]}
     finally:
         for proc in procs.values():
@@ -168,16 +181,19 @@ def main() -> None:
 
     def row(name: str, c: int) -> list:
         r = rows[(name, c)]
-        vs_ref = f"{r['rps'] / rows[(reference, c)]['rps']:.2f}" if name in names[:len(ks)] else "-"
+        ref = utility_names.get(name, reference)  # a utility row: against its own process's default path
+        vs_ref = f"{r['rps'] / rows[(ref, c)]['rps']:.2f}" if name in names[:len(ks)] or name in utility_names else "-"
         return [name, c, f"{r['rps']:,.0f} ({r['low']:,.0f}-{r['high']:,.0f})",
                 f"{r['rps'] / rows[(ceiling, c)]['rps']:.2f}", vs_ref, f"{r['p50']:.2f}", f"{r['p90']:.2f}",
                 f"{r['p99']:.2f}", r["errors"], r["socket"]]
 
     memory = []
     for k, name in zip(ks, names, strict=False):
-        data_mib = sum((arts[k] / f).stat().st_size for f in ("index.faiss", "items.parquet", "users.parquet")) / 2**20
-        memory.append(f"{k} vector(s): {idle[name]:,.0f} MiB after load, {loaded[name]:,.0f} MiB after the runs; index "
-                      f"+ item and user embeddings on disk {data_mib:,.0f} MiB (ratio {loaded[name] / data_mib:.2f})")
+        files = ["items.parquet", "users.parquet", *(h["index"] for h in manifests[k]["heads"].values())]
+        data_mib = sum((arts[k] / f).stat().st_size for f in files) / 2**20
+        memory.append(f"{k} vector(s): {idle[name]:,.0f} MiB after load, {loaded[name]:,.0f} MiB after the runs; "
+                      f"{len(manifests[k]['heads'])} heads' indexes + item and user embeddings on disk "
+                      f"{data_mib:,.0f} MiB (ratio {loaded[name] / data_mib:.2f})")
     m = manifests[ks[0]]
     publish("serve_load", "Serving under load", [
           f"Artifacts: {m['n_items']:,} items, {n_users:,} users, `{m['factory']}` (measured recall@"
@@ -187,9 +203,14 @@ def main() -> None:
           f"by best score). wrk {a.seconds} s per row in each of {a.rounds} rounds (all servers up, rows taking "
           f"turns); each figure is the median over the rounds, with the range of requests/s in brackets. k=100, "
           f"80% known users / 20% unknown (popularity fallback); response {body.stat().st_size:,} bytes. wrk and "
-          f"the servers share {os.cpu_count()} cores; 'to {ks[0]} vector' compares requests/s within this run.", "",
-          table(["server", "connections", "requests/s (range)", "ratio to ceiling", f"to {ks[0]} vector", "p50 ms",
-                 "p90 ms", "p99 ms", "non-2xx", "socket errors"], [row(n, c) for n in names for c in (1, 16)]), "",
+          f"the servers share {os.cpu_count()} cores; 'to {ks[0]} vector' compares requests/s within this run"
+          + (f"; a utility row ({a.utility}: every weighted head searched, the union scored exactly, "
+             f"retrieval/utility.py) compares with the default path of the same process" if a.utility else "")
+          + ".", "",
+          table(["server", "connections", "requests/s (range)", "ratio to ceiling",
+                 f"to {ks[0]} vector" + (" (utility: to default)" if a.utility else ""), "p50 ms",
+                 "p90 ms", "p99 ms", "non-2xx", "socket errors"],
+                [row(n, c) for n in [*names[:len(ks)], *utility_names, *names[len(ks):]] for c in (1, 16)]), "",
           "Service resident memory: " + "; ".join(memory) + ".", ""])
 
 

@@ -105,7 +105,7 @@ def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events
     params = default_search_params(factory)
     for ix in indexes.values():
         apply_search_params(ix, params)
-    calibration = calibrate_heads(trained.model, corpus, heads, trained.hparams.get("roles") or role_spec(
+    calibration = calibrate_heads(trained.model, corpus, heads, role_spec(
         trained.config.roles), max_users=calibration_users, seed=seed)
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(user_vecs), min(recall_users, len(user_vecs)), replace=False)

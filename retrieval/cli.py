@@ -19,7 +19,7 @@ class RetrievalCLI(LightningCLI):
         # Tower input sizes come from the data (vocabularies, feature widths): linked, never retyped.
         parser.link_arguments("data.item_spec", "model.item_inputs", apply_on="instantiate")
         parser.link_arguments("data.user_spec", "model.user_inputs", apply_on="instantiate")
-        parser.link_arguments("data.role_spec", "model.roles", apply_on="instantiate")  # what heads' events mean
+        parser.link_arguments("data.role_spec", "model.event_roles", apply_on="instantiate")  # what heads' events mean
 
 
 def main(args: list[str] | None = None) -> RetrievalCLI:

@@ -35,7 +35,7 @@ class TwoTowerModel(L.LightningModule):
         engagement_weight: float | None = None,
         aux_weight: float | None = None,
         heads: list[dict[str, Any]] | None = None,
-        roles: dict[str, dict[str, float]] | None = None,
+        event_roles: dict[str, dict[str, float]] | None = None,
         logq: bool = True,
         repeat: bool = True,
         freq_alpha: float = 0.05,
@@ -66,7 +66,7 @@ class TwoTowerModel(L.LightningModule):
             heads: one head per objective, replacing the shorthand (leave those None): a list of {name,
                 positives: {event or role: multiplier}, weight, target (optional)}; one is named conversion
                 (the default answer's). See retrieval/heads.py.
-            roles: the data's event roles (linked from data.role_spec): what heads' event names resolve to.
+            event_roles: the data's event roles (linked from data.role_spec): what heads' event names resolve to.
             logq: logQ correction of in-batch (streaming frequency) and sampled (uniform) negatives.
             repeat: add a learned repeat term, scale * log1p(the item's summed weight in the user's history
                 bag), to every score (retrieval/repeat.py); its scale is fitted on the towers' scores held
@@ -82,7 +82,7 @@ class TwoTowerModel(L.LightningModule):
         self.head_specs = heads_of(self.hparams)
         self.net = TwoTower.from_hparams(self.hparams)  # the towers and the served score: all that serving needs
         # [H, E] each head's multiplier of each event code's weight (not saved: derived from heads and roles).
-        mult = event_multipliers(self.head_specs, roles or role_spec(DEFAULT_ROLES))
+        mult = event_multipliers(self.head_specs, event_roles or role_spec(DEFAULT_ROLES))
         self.register_buffer("event_mult", torch.from_numpy(mult), persistent=False)
         self.freq = StreamingFrequency(freq_buckets, freq_alpha)
         self.automatic_optimization = False  # two optimizers: SparseAdam for tables, Adam for dense layers

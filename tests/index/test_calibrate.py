@@ -10,7 +10,7 @@ from index.calibrate import calibrate_heads, fit_platt
 from retrieval.calibration import Platt, brier, ece, reliability, served_pairs, window_targets, window_users
 from retrieval.checkpoint import load_trained
 from retrieval.embed import embed_items, user_state_scores
-from retrieval.heads import heads_of
+from retrieval.heads import heads_of, role_spec
 
 
 def test_platt_fit_recovers_the_curve_that_drew_the_labels():
@@ -68,9 +68,9 @@ def test_served_pairs_are_each_known_users_top_k_with_window_outcomes(trained):
 def test_heads_are_calibrated_on_validation_only_and_none_without_it(trained):
     t = load_trained(trained)
     heads = heads_of(t.hparams)
-    cal = calibrate_heads(t.model, t.corpus(split=True), heads, t.hparams["roles"], max_users=100)
+    cal = calibrate_heads(t.model, t.corpus(split=True), heads, role_spec(t.config.roles), max_users=100)
     assert set(cal) == {"conversion", "engagement"}
     assert all(c["window"] == "validation" and c["a"] > 0 and c["pairs"] == 100 * c["users"] for c in cal.values())
     assert cal["conversion"]["target"] == ["purchase"] and "view" in cal["engagement"]["target"]
-    assert calibrate_heads(t.model, t.corpus(split=False), heads, t.hparams["roles"]) == {
+    assert calibrate_heads(t.model, t.corpus(split=False), heads, role_spec(t.config.roles)) == {
         "conversion": None, "engagement": None}

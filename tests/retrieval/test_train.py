@@ -161,16 +161,19 @@ def test_declared_heads_train_and_each_is_embedded_and_calibrated(tiny_world, tm
     from index.artifact import read_manifest
     from index.build import build
 
+    # With a logger, as the shipped configs have: Lightning merges the model's and the data's hyperparameters
+    # and refuses a key both have with different values.
     cli = main(["fit", *fit_args(tiny_world, tmp_path, "--config", str(ROOT / "configs" / "heads.yaml"),
-                                 "--trainer.limit_train_batches=5")])
+                                 "--trainer.limit_train_batches=5", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+                                 f"--trainer.logger.save_dir={tmp_path}")])
     assert list(cli.model.net.user_tower.heads) == ["conversion", "cart", "engagement"]
     m = metrics(cli)
     assert all(np.isfinite(m[f"train/loss_{h}"]) for h in ("conversion", "cart", "engagement"))
-    assert cli.model.hparams.roles == {"conversions": {"purchase": 1.0},  # linked from data.roles
+    assert cli.model.hparams.event_roles == {"conversions": {"purchase": 1.0},  # linked from data.roles
                                        "engagement": {"view": 0.5, "click": 1.0, "add_to_cart": 2.0}}
     # The cart head learns from add_to_cart alone: its multiplier row is 0 everywhere else.
     assert cli.model.event_mult[1].tolist() == [0.0, 0.0, 0.0, 1.0]
-    build(tmp_path / "checkpoints" / "last.ckpt", tmp_path / "art", progress=False)
+    build(next(tmp_path.rglob("last.ckpt")), tmp_path / "art", progress=False)  # under the logger's version folder
     manifest = read_manifest(tmp_path / "art")
     assert list(manifest.heads) == ["conversion", "cart", "engagement"]
     assert manifest.heads["cart"]["index"] == "index_cart.faiss" and (tmp_path / "art" / "index_cart.faiss").exists()
