@@ -98,13 +98,15 @@ def plot(name: str, rel_rows: dict, sweep_rows: list) -> list[str]:
     fig, axes = plt.subplots(1, len(rel_rows), figsize=(5 * len(rel_rows), 4.2))
     for ax, (head, (pairs, cal)) in zip(np.atleast_1d(axes), rel_rows.items(), strict=True):
         y = pairs.labels.astype(float)
+        # Log axes: calibrated probabilities sit near the base rate, raw scores near 1; a bin observed at 0 is
+        # drawn at the floor.
+        floor = 0.5 / len(y)
         for label, p, mark in (("calibrated", cal(pairs.scores), "o-"), ("raw score", np.clip(pairs.scores, 0, 1), "s--")):
             pred, obs, _ = reliability(p, y)
-            ax.plot(pred, obs, mark, label=label, ms=4)
-        top = max(float(cal(pairs.scores).max()), float(y.mean()) * 3)
-        ax.plot([0, top], [0, top], color="grey", lw=0.8)
-        ax.set(xlabel="predicted probability", ylabel="observed rate", title=f"{name}: {head} head (test window)",
-               xlim=(0, top * 1.05), ylim=(0, top * 1.05))
+            ax.plot(np.maximum(pred, floor), np.maximum(obs, floor), mark, label=label, ms=4)
+        ax.plot([floor, 1], [floor, 1], color="grey", lw=0.8, label="perfectly calibrated")
+        ax.set(xscale="log", yscale="log", xlabel="predicted probability", ylabel="observed rate",
+               title=f"{name}: {head} head (test window)")
         ax.legend()
     fig.tight_layout()
     rel_path = IMG / f"heads_{name}_reliability.png"

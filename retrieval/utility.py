@@ -7,7 +7,10 @@ head's score), and with several interest vectors a head's score is a max of inne
 ranks by it. The answer is a threshold algorithm (Fagin, Lotem and Naor, 2001) over the heads' own searches:
 search each weighted head for its top m, score the union (and the user's history items, which carry the repeat
 term) exactly on every head, and stop when the k-th best utility is at least the utility an item outside every
-list could reach: sum_h w_h * p_h(the m-th score of head h's list, best over interests). Otherwise m doubles.
+list could reach: sum_h w_h * p_h(the m-th score of head h's list, best over interests). Otherwise m doubles,
+up to ``max_width`` (16 times the first width by default: a deep search of an HNSW index is slow, and the
+service answers on its event loop); an answer that reaches it unproven is the best of what was seen, and says so
+(``certified`` False).
 The utility is increasing in every head's score (each calibration slope is > 0, weights >= 0), so with exact
 searches (a Flat index) the answer is the brute-force top k over the whole catalogue; through an approximate
 index it is as exact as that index's searches.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -77,15 +81,23 @@ def utility_of(scores: dict[str, np.ndarray], weights: dict[str, float], calib: 
     return sum(w * calib[h](scores[h]) for h, w in weights.items())
 
 
+class UtilityAnswer(NamedTuple):
+    rows: np.ndarray  # [<= k] catalogue rows, best first
+    utility: np.ndarray  # [<= k] their utility
+    per_head: dict[str, np.ndarray]  # {head: [<= k] full served score} for every head ``exact`` scores
+    certified: bool  # the threshold proved the answer (else max_width stopped the widening)
+
+
 def utility_answer(search: Search, exact: Exact, weights: dict[str, float], calib: dict[str, Platt],
-                   hist_rows: np.ndarray, k: int, n_items: int,
-                   exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """The top ``k`` catalogue rows by utility (see the module doc), best first: (rows, utility, {head: full
-    served score}) for every head ``exact`` scores. hist_rows: the user's history items (scored by ``exact`` with
-    their repeat term; always candidates); exclude: rows never answered."""
+                   hist_rows: np.ndarray, k: int, n_items: int, exclude: np.ndarray | None = None,
+                   max_width: int | None = None) -> UtilityAnswer:
+    """The top ``k`` catalogue rows by utility (see the module doc). hist_rows: the user's history items (scored
+    by ``exact`` with their repeat term; always candidates); exclude: rows never answered."""
     exclude = np.zeros(0, np.int64) if exclude is None else np.asarray(exclude, np.int64)
     hist_rows = np.asarray(hist_rows, np.int64)
     m = search_width(k, len(hist_rows), len(exclude), n_items)
+    max_width = min(n_items, 16 * m if max_width is None else max(max_width, m))
+    certified = True
     while True:
         found, bound = [hist_rows], {}
         for h in weights:
@@ -105,5 +117,8 @@ def utility_answer(search: Search, exact: Exact, weights: dict[str, float], cali
         ceiling = sum(w * calib[h](bound[h]) for h, w in weights.items())
         if len(top) == k and u[top[-1]] >= ceiling:
             break
-        m = min(2 * m, n_items)
-    return seen[top], u[top], {h: s[top] for h, s in per_head.items()}
+        if m >= max_width:
+            certified = False
+            break
+        m = min(2 * m, max_width)
+    return UtilityAnswer(seen[top], u[top], {h: s[top] for h, s in per_head.items()}, certified)

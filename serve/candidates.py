@@ -143,6 +143,8 @@ def answer(svc: Service, served: Served, uid: int | str | None, raw_user, events
         svc.metrics.fallbacks.inc()
     if utility is not None:
         svc.metrics.utility_answers.inc()
+        if not a.certified:
+            svc.metrics.utility_uncertified.inc()
     user = uid if uid is not None else raw_user if isinstance(raw_user, str) else None
     body = {"user": user, "k": k, "model_version": served.model_version, "fallback": a.fallback,
             "candidates": [{"item_id": i, "score": s, **x} for i, s, x in zip(a.ids, a.scores, a.extra, strict=True)]}

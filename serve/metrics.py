@@ -33,6 +33,9 @@ class Metrics:
                                     registry=self.registry)
         self.utility_answers = Counter("retrieval_utility_answers_total", "answers ranked by a caller's utility",
                                        registry=self.registry)
+        self.utility_uncertified = Counter("retrieval_utility_uncertified_total", "utility answers whose search "
+                                           "widening reached its cap before the threshold proved them",
+                                           registry=self.registry)
         self.live_evictions = Counter("retrieval_live_evictions_total", "users evicted from the in-memory live store",
                                       registry=self.registry)
         self.swap_failures = Counter("retrieval_swap_failures_total", "artifact swaps refused", registry=self.registry)

@@ -63,6 +63,7 @@ class Answer(NamedTuple):
     ids: list
     scores: list
     extra: list[dict[str, Any]]
+    certified: bool = True  # a utility answer the threshold proved (retrieval/utility.py); False: widening capped
 
 
 @dataclass(frozen=True)
@@ -175,19 +176,21 @@ class Served:
         utility's (:func:`utility_answer`)."""
         faiss.omp_set_num_threads(1)  # on the event loop's thread: one query gains nothing from OpenMP threads
         per_head: dict[str, np.ndarray] = {}
+        certified = True
         if utility is None:
             want = search_width(k, len(state.hist_rows), 0 if exclude is None else len(exclude), self.index.ntotal)
             scores, rows = self.index.search(state.vecs[SERVED], want)  # [K, want]
             rows, scores = served_answer(rows, scores, state.hist_rows, state.hist_scores[SERVED], k, exclude)
             per_head = {**self._exact(state)(rows), SERVED: scores} if with_scores else {SERVED: scores}
         else:
-            rows, scores, per_head = utility_answer(self._search(state), self._exact(state), utility,
-                                                    self.calibration, state.hist_rows, k, self.index.ntotal, exclude)
+            ua = utility_answer(self._search(state), self._exact(state), utility, self.calibration,
+                                state.hist_rows, k, self.index.ntotal, exclude)
+            rows, scores, per_head, certified = ua
         probs = {f"p_{h}": self.calibration[h](s).tolist() for h, s in per_head.items() if h in self.calibration}
         raw = {h: s.tolist() for h, s in per_head.items()} if with_scores else {}
         extra = [{**{n: v[i] for n, v in probs.items()}, **({"scores": {h: v[i] for h, v in raw.items()}} if raw else {})}
                  for i in range(len(rows))]
-        return Answer(None, self.item_id_list(rows), scores.tolist(), extra)
+        return Answer(None, self.item_id_list(rows), scores.tolist(), extra, certified)
 
     @property
     def event_names(self) -> list[str]:

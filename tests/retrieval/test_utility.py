@@ -78,13 +78,19 @@ def test_utility_answer_is_the_brute_force_top_k(interests, seed):
             out[h] = s
         return out
 
-    rows, u, per_head = utility_answer(search, exact, weights, calib, hist_rows, k, n, exclude)
+    rows, u, per_head, certified = utility_answer(search, exact, weights, calib, hist_rows, k, n, exclude,
+                                                  max_width=n)
+    assert certified
     want, u_all = brute_force(vecs, items, hist_rows, hist_scores, weights, calib, k, exclude)
     assert rows.tolist() == want.tolist()
     assert np.allclose(u, u_all[want])
     assert not np.isin(rows, exclude).any()
     assert np.allclose(per_head["engagement"], exact(want)["engagement"])
     assert max(calls) < n  # stopped by the threshold, not by reading the whole catalogue
+    # Capped at the first width, the widening stops there: the best of what was seen, marked unproven when
+    # the threshold had not proved it (the first width proves it or not, as in the uncapped run).
+    capped = utility_answer(search, exact, weights, calib, hist_rows, k, n, exclude, max_width=1)
+    assert capped.certified == (min(calls) == max(calls))
 
 
 def test_a_single_head_utility_ranks_as_that_head_in_one_round():
@@ -99,8 +105,8 @@ def test_a_single_head_utility_ranks_as_that_head_in_one_round():
         rows = np.argsort(-s, axis=1)[:, :m]
         return rows, np.take_along_axis(s, rows, 1)
 
-    rows, _, _ = utility_answer(search, lambda r: {"conversion": (items[r] @ vec.T).max(1)}, {"conversion": 2.0},
-                                {"conversion": Platt(1.0, -3.0)}, np.zeros(0, np.int64), 10, n)
+    rows, _, _, _ = utility_answer(search, lambda r: {"conversion": (items[r] @ vec.T).max(1)}, {"conversion": 2.0},
+                                   {"conversion": Platt(1.0, -3.0)}, np.zeros(0, np.int64), 10, n)
     assert rows.tolist() == np.argsort(-(items @ vec[0]))[:10].tolist() and calls == [10]
 
 
@@ -116,6 +122,6 @@ def test_a_utility_over_the_whole_catalogue_when_it_is_small():
         rows[0, :5] = order
         return rows, np.where(rows >= 0, s[0][rows.clip(0)], -np.inf)
 
-    rows, _, _ = utility_answer(search, lambda r: {"conversion": items[r] @ vec[0]}, {"conversion": 1.0},
-                                {"conversion": Platt(1.0, 0.0)}, np.zeros(0, np.int64), 100, 5)
+    rows, _, _, _ = utility_answer(search, lambda r: {"conversion": items[r] @ vec[0]}, {"conversion": 1.0},
+                                   {"conversion": Platt(1.0, 0.0)}, np.zeros(0, np.int64), 100, 5)
     assert sorted(rows.tolist()) == list(range(5))
