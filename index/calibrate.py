@@ -21,15 +21,21 @@ VALIDATION = 1
 
 
 def fit_platt(scores: np.ndarray, labels: np.ndarray) -> Platt:
-    """Platt scaling of scores [P] against 0/1 labels [P]; a ValueError when the labels are all one class or
-    the fit does not rank higher scores as likelier (a head the validation window says nothing about)."""
+    """Platt scaling of scores [P] against 0/1 labels [P]; a ValueError when the labels are all one class.
+
+    Where the fit finds higher scores no likelier (slope <= 0: the head's score says nothing about the outcome
+    among the candidates it serves), the calibration is flat at the observed rate: a = 0, every candidate gets
+    the base rate, and a slope the other way is never served (a utility must be increasing in every score)."""
     if labels.all() or not labels.any():
         raise ValueError(f"{int(labels.sum())} of {len(labels)} served pairs are positive: nothing to fit")
     # C large: effectively unpenalised, as Platt's fit is (two parameters, hundreds of thousands of pairs).
     m = LogisticRegression(C=1e6).fit(np.asarray(scores, np.float64)[:, None], labels)
     a, b = float(m.coef_[0, 0]), float(m.intercept_[0])
-    if not a > 0:
-        raise ValueError(f"the fitted slope is {a:.4g}: higher scores are not likelier to convert here")
+    if a <= 0:
+        rate = float(labels.mean())
+        log.warning("index: the fitted slope is %.4g (higher scores are not likelier): flat calibration at the "
+                    "observed rate %.4g", a, rate)
+        return Platt(0.0, float(np.log(rate / (1 - rate))))
     return Platt(a, b)
 
 
@@ -51,7 +57,7 @@ def calibrate_heads(model: TwoTower, corpus: Corpus, heads: list[Head], roles: d
             log.warning("index: head %s is served uncalibrated: %s", head.name, e)
             out[head.name] = None
             continue
-        out[head.name] = {**platt.to_dict(), "window": "validation", "target": events, "k": k,
+        out[head.name] = {**platt.to_dict(), "flat": platt.a == 0, "window": "validation", "target": events, "k": k,
                           "users": int(len(pairs.users)), "pairs": int(len(pairs.labels)),
                           "positives": int(pairs.labels.sum())}
         log.info("index: head %s calibrated on %d served pairs of %d validation users (%d positive): p = "

@@ -23,7 +23,8 @@ from retrieval.inference import TwoTower
 
 @dataclass(frozen=True)
 class Platt:
-    """p = sigmoid(a * score + b) (Platt scaling of a head's served score); a > 0 keeps the ranking."""
+    """p = sigmoid(a * score + b) (Platt scaling of a head's served score); a > 0 keeps the ranking, a = 0 is a
+    flat calibration (the base rate: the score said nothing on the calibration window)."""
 
     a: float
     b: float
@@ -40,8 +41,8 @@ class Platt:
         if not isinstance(d, dict) or d.get("kind") != "platt":
             raise ValueError(f"calibration: expected {{kind: platt, a, b}}, got {d!r}")
         a, b = d.get("a"), d.get("b")
-        if not all(isinstance(v, int | float) and np.isfinite(v) for v in (a, b)) or a <= 0:
-            raise ValueError(f"calibration: a must be a finite number > 0 and b finite, got a={a!r} b={b!r}")
+        if not all(isinstance(v, int | float) and np.isfinite(v) for v in (a, b)) or a < 0:
+            raise ValueError(f"calibration: a must be a finite number >= 0 and b finite, got a={a!r} b={b!r}")
         return Platt(float(a), float(b))
 
 

@@ -11,7 +11,7 @@ list could reach: sum_h w_h * p_h(the m-th score of head h's list, best over int
 up to ``max_width`` (16 times the first width by default: a deep search of an HNSW index is slow, and the
 service answers on its event loop); an answer that reaches it unproven is the best of what was seen, and says so
 (``certified`` False).
-The utility is increasing in every head's score (each calibration slope is > 0, weights >= 0), so with exact
+The utility is non-decreasing in every head's score (each calibration slope is >= 0, weights >= 0), so with exact
 searches (a Flat index) the answer is the brute-force top k over the whole catalogue; through an approximate
 index it is as exact as that index's searches.
 """

@@ -25,9 +25,9 @@ def test_platt_fit_recovers_the_curve_that_drew_the_labels():
 def test_platt_refuses_what_it_cannot_fit():
     with pytest.raises(ValueError, match="0 of 10 served pairs are positive"):
         fit_platt(np.arange(10.0), np.zeros(10, bool))
-    with pytest.raises(ValueError, match="higher scores are not likelier"):
-        fit_platt(np.arange(100.0), np.arange(100) < 30)
-    for bad in ({"kind": "isotonic"}, {"kind": "platt", "a": -1, "b": 0}, {"kind": "platt", "a": 1, "b": float("nan")}):
+    flat = fit_platt(np.arange(100.0), np.arange(100) < 30)  # higher scores less likely: flat at the rate
+    assert flat.a == 0 and flat(np.array([0.0, 99.0])) == pytest.approx([0.3, 0.3])
+    for bad in ({"kind": "isotonic"}, {"kind": "platt", "a": -0.1, "b": 0}, {"kind": "platt", "a": 1, "b": float("nan")}):
         with pytest.raises(ValueError):
             Platt.from_dict(bad)
 
@@ -70,7 +70,8 @@ def test_heads_are_calibrated_on_validation_only_and_none_without_it(trained):
     heads = heads_of(t.hparams)
     cal = calibrate_heads(t.model, t.corpus(split=True), heads, role_spec(t.config.roles), max_users=100)
     assert set(cal) == {"conversion", "engagement"}
-    assert all(c["window"] == "validation" and c["a"] > 0 and c["pairs"] == 100 * c["users"] for c in cal.values())
+    assert all(c["window"] == "validation" and c["a"] > 0 and not c["flat"] and c["pairs"] == 100 * c["users"]
+               for c in cal.values())
     assert cal["conversion"]["target"] == ["purchase"] and "view" in cal["engagement"]["target"]
     assert calibrate_heads(t.model, t.corpus(split=False), heads, role_spec(t.config.roles)) == {
         "conversion": None, "engagement": None}
