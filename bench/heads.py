@@ -32,27 +32,18 @@ from bench.report import ROOT, publish, table  # noqa: E402
 from index.calibrate import calibrate_heads  # noqa: E402
 from retrieval.calibration import Pairs, Platt, brier, ece, reliability, served_pairs  # noqa: E402
 from retrieval.checkpoint import load_trained  # noqa: E402
-from retrieval.embed import embed_items, user_state_scores  # noqa: E402
-from retrieval.evaluate import bootstrap, fmt_interval, rank_targets, with_popularity_fallback  # noqa: E402
+from retrieval.evaluate import (  # noqa: E402
+    bootstrap,
+    fmt_interval,
+    rank_targets,
+    utility_scorer,
+    with_popularity_fallback,
+)
 from retrieval.heads import heads_of, role_spec, target_events  # noqa: E402
 from retrieval.metrics import recall  # noqa: E402
-from retrieval.utility import utility_of  # noqa: E402
 
 TEST, WEIGHTS = 2, (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 IMG = ROOT / "docs" / "img"
-
-
-def heads_scorer(trained, corpus, weights: dict[str, float], calib: dict[str, Platt]):
-    """Utility scores over the whole catalogue (each head's exact served score, calibrated, weighted): the
-    answer a Flat index gives, the service's utility answer being exact against it (tests/serve)."""
-    items = {h: embed_items(trained.model, corpus, progress=False, head=h) for h in weights}
-
-    def score(i, es):
-        now = np.full(len(i), es.now, np.int64)
-        full = {h: user_state_scores(trained.model, corpus, es.users[i], es.end[i], now, items[h], h) for h in weights}
-        return utility_of(full, weights, calib).astype(np.float32)
-
-    return with_popularity_fallback(score, corpus)
 
 
 def sweep(trained, corpus, calib, users: int) -> list[tuple[float, tuple, tuple]]:
@@ -60,7 +51,8 @@ def sweep(trained, corpus, calib, users: int) -> list[tuple[float, tuple, tuple]
     out = []
     for w in WEIGHTS:
         weights = {"conversion": 1.0, **({"engagement": w} if w else {})}
-        pu = rank_targets(heads_scorer(trained, corpus, weights, calib), es, corpus.n_items, kmax=100)
+        scorer = with_popularity_fallback(utility_scorer(trained.model, corpus, weights, calib), corpus)
+        pu = rank_targets(scorer, es, corpus.n_items, kmax=100)
         out.append((w, bootstrap(recall(pu.conv_ranks, 100)), bootstrap(recall(pu.eng_ranks, 100))))
     return out
 

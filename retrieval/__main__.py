@@ -4,7 +4,7 @@ import sys
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["tune"]:
-        from retrieval.tune import main as tune  # Ax loads only for tuning
+        from retrieval.tune_cli import main as tune  # Ax loads only for tuning
 
         tune(sys.argv[2:])
     else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from retrieval.corpus import Corpus
 from retrieval.embed import embed_items, user_state_scores
@@ -93,9 +94,11 @@ def served_pairs(model: TwoTower, corpus: Corpus, window: int, head: str, events
     for lo in range(0, len(users), batch):
         i = np.arange(lo, min(lo + batch, len(users)))
         s = user_state_scores(model, corpus, users[i], end[i], np.full(len(i), now, np.int64), items, head)  # [B, N]
-        top = np.argpartition(-s, k - 1, axis=1)[:, :k]  # [B, k]
+        # torch's topk: argpartition would write a [B, N] int64 array first (2 GB a batch at 1M items).
+        top_s, top_t = torch.from_numpy(s).topk(k, dim=1)
+        top, top_s = top_t.numpy(), top_s.numpy()  # [B, k]
         for b, j in enumerate(i):
-            out["scores"].append(s[b, top[b]])
+            out["scores"].append(top_s[b])
             out["labels"].append(np.isin(top[b], targets[j]))
             out["user"].append(np.full(k, j, np.int64))
             out["rows"].append(top[b].astype(np.int64))

@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from retrieval.contract import DataError
 from retrieval.data import RetrievalData
 from retrieval.model import TwoTowerModel
+from retrieval.progress import EpochLines, use_lines
 
 ATOMIC_IO = "retrieval.checkpoint_io.AtomicCheckpointIO"  # checkpoints a kill cannot tear, in every run
 
@@ -20,6 +21,13 @@ class RetrievalCLI(LightningCLI):
         parser.link_arguments("data.item_spec", "model.item_inputs", apply_on="instantiate")
         parser.link_arguments("data.user_spec", "model.user_inputs", apply_on="instantiate")
         parser.link_arguments("data.role_spec", "model.event_roles", apply_on="instantiate")  # what heads' events mean
+
+    def before_fit(self) -> None:
+        # A bar on a terminal; elsewhere one line per epoch with the validation recall (retrieval/progress.py).
+        if use_lines():
+            if self.trainer.progress_bar_callback is not None:
+                self.trainer.progress_bar_callback.disable()
+            self.trainer.callbacks.append(EpochLines())
 
 
 def main(args: list[str] | None = None) -> RetrievalCLI:

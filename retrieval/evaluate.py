@@ -25,6 +25,7 @@ from index.faiss_index import (
     default_search_params,
 )
 from retrieval.answer import search_width, served_answer
+from retrieval.calibration import Platt
 from retrieval.checkpoint import CheckpointError, load_trained
 from retrieval.contract import DataError
 from retrieval.corpus import Corpus, EvalSet
@@ -34,6 +35,7 @@ from retrieval.inference import TwoTower
 from retrieval.live_eval import als_foldin_scorer, cooccurrence_scorer, live_set, live_two_tower_scorer
 from retrieval.metrics import recall, target_ranks
 from retrieval.scorers import Scorer, fit_als, popularity_scorer
+from retrieval.utility import utility_of
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,21 @@ def index_scorer(model: TwoTower, corpus: Corpus, factory: str = "HNSW32") -> Sc
             r, v = served_answer(rows[b], s[b], *hist.of(b), k)
             out[b, r] = v
         return out
+
+    return score
+
+
+def utility_scorer(model: TwoTower, corpus: Corpus, weights: dict[str, float], calib: dict[str, Platt]) -> Scorer:
+    """Utility scores over the whole catalogue (each weighted head's exact served score, calibrated, weighted:
+    retrieval.utility.utility_of): what the service's utility answer is through a Flat index, which is exact
+    against this brute force (tests/serve/test_utility_service.py)."""
+    model.eval()
+    items = {h: embed_items(model, corpus, progress=False, head=h) for h in weights}
+
+    def score(i: np.ndarray, es: EvalSet) -> np.ndarray:
+        now = np.full(len(i), es.now, np.int64)
+        full = {h: user_state_scores(model, corpus, es.users[i], es.end[i], now, items[h], h) for h in weights}
+        return utility_of(full, weights, calib).astype(np.float32)
 
     return score
 

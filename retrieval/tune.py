@@ -17,13 +17,11 @@ to the end of the log for the chosen number of epochs, the deployable checkpoint
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
 import json
 import logging
 import math
-import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ import torch
 import yaml
 from ax import Client, RangeParameterConfig
 from jsonargparse import ArgumentParser
+from matplotlib.figure import Figure
 
 from retrieval.checkpoint import load_trained
 from retrieval.cli import main as cli_main
@@ -279,14 +278,8 @@ def report(out: Path, results: list[TrialResult], space: Space, floor: float | N
     (out / "best.yaml").write_text(f"# python -m retrieval tune: trial {best.index} of {len(results)}, "
                                    f"{space.objective} {best.metrics[space.objective]:.4f} (validation); add with "
                                    f"--config\n" + yaml.safe_dump(overrides, sort_keys=False))
-    try:
-        import matplotlib  # noqa: PLC0415 (the bench extra's; the plot is skipped without it)
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
-        log.warning("tune: matplotlib is missing (the bench extra): no trials.png")
-        return best
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))  # no pyplot: no backend or global state, a file only
+    ax = fig.subplots()
     xs = [r.index for r in results]
     ys = [r.metrics[space.objective] for r in results]
     colours = ["tab:blue" if floor is None or r.metrics[space.constraint] >= floor else "tab:red" for r in results]
@@ -297,7 +290,6 @@ def report(out: Path, results: list[TrialResult], space: Space, floor: float | N
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "trials.png", dpi=110)
-    plt.close(fig)
     return best
 
 
@@ -357,26 +349,3 @@ def refit(configs: list[str], out: Path) -> Path:
     if not final.exists():
         raise TuneError(f"tune: the refit wrote no {final}")
     return final
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m retrieval tune", description=__doc__.split("\n")[0])
-    p.add_argument("--config", action="append", required=True, help="a fit config (repeatable, merged in order)")
-    p.add_argument("--space", default=str(DEFAULT_SPACE), help="the search space YAML (default configs/tune.yaml)")
-    p.add_argument("--trials", type=int, default=12, help="fits in all, trial 0 (the starting config) included")
-    p.add_argument("--out", default=None, help="the run's folder (default work/tune/<first config's name>)")
-    p.add_argument("--refit", action="store_true", help="then fit the chosen settings on the whole log")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out = Path(a.out or f"work/tune/{Path(a.config[0]).stem}")
-    try:
-        if a.trials < 1:
-            raise TuneError(f"tune: --trials {a.trials}: at least 1 (the starting config)")
-        tune(a.config, a.space, a.trials, out)
-        print((out / "trials.md").read_text())
-        print(f"chosen overrides: {out / 'best.yaml'} (add with --config)")
-        if a.refit:
-            print(f"deployable checkpoint: {refit(a.config, out)}")
-    except (TuneError, DataError) as e:
-        logging.getLogger("retrieval").error("%s", e)
-        sys.exit(2)

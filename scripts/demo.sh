@@ -10,9 +10,12 @@ VERSION=${VERSION:-v$(date +%Y%m%d-%H%M%S)}
 echo "== 1/4 synthetic shopping world -> $W/data"
 python -m retrieval.synth --out "$W/data"
 
-echo "== 2/4 train the two towers (configs/demo.yaml)"
-python -m retrieval fit --config configs/demo.yaml --trainer.enable_progress_bar=false
+echo "== 2/4 train the two towers (configs/demo.yaml; stops when validation stops improving)"
+python -m retrieval fit --config configs/demo.yaml
 CKPT=$(ls -t "$W"/runs/demo/version_*/checkpoints/best.ckpt | head -1)  # best validation conversion recall@100
+# How good it is, as the service answers, on the validation window (the test window stays unread).
+python -m retrieval.evaluate --checkpoint "$CKPT" --window validation --baselines popularity \
+  --json "$W/validation.json" > "$W/validation.txt"
 
 echo "== 3/4 build the index -> $W/artifacts/$VERSION"
 python -m index build --checkpoint "$CKPT" --out "$W/artifacts/$VERSION" --no-progress
@@ -46,5 +49,12 @@ req = urllib.request.Request(f"{base}/candidates", body, {"Content-Type": "appli
 with urllib.request.urlopen(req) as r:
     print("POST /candidates (someone-new, with 3 fresh events) ->")
     print(json.dumps(json.loads(r.read()), indent=2))
+PY
+python - "$W/validation.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+line = lambda name: "{:.3f} [{:.3f}, {:.3f}]".format(*r["results"][name]["conv_recall@100"][:3])
+print(f"== validation conversion recall@100 over {r['users']} users: model {line('two-tower')}, "
+      f"popularity {line('popularity (conversions)')} (95% bootstrap; full table: {sys.argv[1][:-4]}txt)")
 PY
 echo "== done: artifact $W/artifacts/$VERSION, training logs under $W/runs, service log $W/serve.log"

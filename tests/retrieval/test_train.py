@@ -121,19 +121,23 @@ def test_refit_trains_through_the_validation_window(tiny_world, tmp_path):
 
 
 def test_refit_config_added_to_a_config_that_monitors_validation(tiny_world, tmp_path, caplog):
-    """configs/refit.yaml on top of a config whose checkpoint callback monitors validation (as demo.yaml's does):
-    no validation runs, nothing warns of a missing key, and the final checkpoint has its name."""
+    """configs/refit.yaml on top of a config whose checkpoint callback and early stopping monitor validation (as
+    demo.yaml's do): no validation runs, nothing warns of a missing key or stops early, and the final checkpoint
+    has its name."""
     import warnings
 
     monitored = tmp_path / "monitored.yaml"
     monitored.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-                         "      init_args: {monitor: val/conv_recall@100, mode: max, save_last: true, filename: best}\n")
+                         "      init_args: {monitor: val/conv_recall@100, mode: max, save_last: true, filename: best}\n"
+                         "    - class_path: lightning.pytorch.callbacks.EarlyStopping\n"
+                         "      init_args: {monitor: val/conv_recall@100, mode: max, patience: 0}\n")
     args = fit_args(tiny_world, tmp_path, "--trainer.max_epochs=2")
     args = args[:2] + ["--config", str(monitored), "--config", str(ROOT / "configs" / "refit.yaml")] + args[2:]
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         cli = main(["fit", *args, "--data.split.val_fraction=0"])
-    assert not [w for w in seen if "could not find the monitored key" in str(w.message)], [str(w.message) for w in seen]
+    assert not [w for w in seen if "could not find the monitored key" in str(w.message)
+                or "conditioned on metric" in str(w.message)], [str(w.message) for w in seen]
     final = tmp_path / "checkpoints" / "final.ckpt"
     assert final.exists() and torch.load(final, weights_only=True)["epoch"] == 1
     assert not any(k.startswith("val/") for k in cli.trainer.callback_metrics)

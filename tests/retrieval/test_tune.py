@@ -10,7 +10,8 @@ import pytest
 import yaml
 from helpers import TINY
 
-from retrieval.tune import TuneError, main, read_space, starting_values, tune
+from retrieval.tune import TuneError, read_space, starting_values, tune
+from retrieval.tune_cli import main
 
 DATA = Path(__file__).parent / "data"
 SPACE = DATA / "space_tiny.yaml"
@@ -80,9 +81,28 @@ def test_tuning_runs_real_trials_continues_after_a_kill_and_refits(tmp_path, tin
     assert (out / "trial_002" / "result.json").exists()
     table = (out / "trials.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| trial")]
-    assert len(rows) == 3 and "Chosen: trial" in table
+    assert len(rows) == 3 and "Chosen: trial" in table and (out / "trials.png").stat().st_size > 0
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert 1 <= best["trainer"]["max_epochs"] <= 3 and "aux_weight" in best["model"]
     # --refit: the chosen settings on the whole log, for the chosen epochs.
     main([*config_args(cfg), "--space", str(SPACE), "--trials", "3", "--out", str(out), "--refit"])
     assert (out / "refit" / "checkpoints" / "final.ckpt").exists()
+
+
+def test_utility_weights_are_tuned_without_fitting(trained, tmp_path):
+    """Each trial an evaluation of one trained model; trial 0 (conversion alone) scores as the model itself."""
+    from retrieval.checkpoint import load_trained
+    from retrieval.evaluate import evaluate, two_tower_scorer, with_popularity_fallback
+    from retrieval.tune_utility import tune_utility
+
+    before = set(tmp_path.rglob("*.ckpt"))
+    utility = tune_utility(trained, 3, tmp_path / "u")
+    assert utility.startswith("conversion:1") and not set(tmp_path.rglob("*.ckpt")) - before  # nothing fitted
+    t = load_trained(trained)
+    corpus = t.corpus(split=True)
+    es = corpus.eval_set(1, t.data.get("max_eval_users"), t.data.get("seed", 0))
+    own = evaluate(with_popularity_fallback(two_tower_scorer(t.model, corpus), corpus), corpus, es)
+    table = (tmp_path / "u" / "trials.md").read_text()
+    row0 = next(line for line in table.splitlines() if line.startswith("| 0 |"))
+    assert row0.split(" | ")[1] == f"{own['conv_recall@100'][0]:.4f}"
+    assert (tmp_path / "u" / "best_utility.txt").read_text().strip() == utility
