@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from retrieval.corpus import Corpus
-from retrieval.embed import embed_items, user_state_scores
+from retrieval.embed import embed_items, states_from_inputs_heads
 from retrieval.history import positions_before
 from retrieval.inference import TwoTower
+from retrieval.losses import interest_scores
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,15 @@ def served_pairs(model: TwoTower, corpus: Corpus, window: int, head: str, events
     out = {n: [] for n in ("scores", "labels", "user", "rows")}
     for lo in range(0, len(users), batch):
         i = np.arange(lo, min(lo + batch, len(users)))
-        s = user_state_scores(model, corpus, users[i], end[i], np.full(len(i), now, np.int64), items, head)  # [B, N]
+        x = corpus.user_batch(users[i], end[i], np.full(len(i), now, np.int64))
+        vecs, hist = states_from_inputs_heads(model, x, {head: items})[head]  # [B, K, D], history full scores
+        # The full served score: inner products, and each history item's own score with its repeat term (the
+        # term is 0 elsewhere), rather than the repeat term over the whole catalogue ([B, N] twice more).
+        s = interest_scores(torch.from_numpy(vecs), torch.from_numpy(items))  # [B, N]
+        owner = np.repeat(np.arange(len(i)), np.diff(hist.offsets))
+        s[torch.from_numpy(owner), torch.from_numpy(hist.rows.astype(np.int64))] = torch.from_numpy(hist.scores)
         # torch's topk: argpartition would write a [B, N] int64 array first (2 GB a batch at 1M items).
-        top_s, top_t = torch.from_numpy(s).topk(k, dim=1)
+        top_s, top_t = s.topk(k, dim=1)
         top, top_s = top_t.numpy(), top_s.numpy()  # [B, k]
         for b, j in enumerate(i):
             out["scores"].append(top_s[b])

@@ -18,7 +18,7 @@ from serve.limits import check_query
 from serve.responses import CandidatesResponse, LiveCandidatesResponse, json_response
 from serve.service import Service
 from serve.settings import Settings
-from serve.store import Served
+from serve.store import Answer, Served
 
 ALLOWED = {"user", "k", "exclude_purchased", "utility", "scores"}
 UTILITY_DOC = ("rank by a utility: head:weight,... (e.g. conversion:1,engagement:0.3) or a preset the artifact "
@@ -116,6 +116,25 @@ def router(settings: Settings, models: EventModels, manifest: Manifest) -> APIRo
     return r
 
 
+def candidate_list(a: Answer) -> list[dict]:
+    """The candidates as the response lists them: item_id, score, p_<head> per calibrated head, scores when
+    asked. One comprehension per shape: this runs for every request."""
+    if a.raw is None and not a.probs:
+        return [{"item_id": i, "score": s} for i, s in zip(a.ids, a.scores, strict=True)]
+    if a.raw is None and len(a.probs) == 1:  # the default answer: the conversion head's probability
+        (head, p), = a.probs.items()
+        name = f"p_{head}"
+        return [{"item_id": i, "score": s, name: q} for i, s, q in zip(a.ids, a.scores, p, strict=True)]
+    out = [{"item_id": i, "score": s} for i, s in zip(a.ids, a.scores, strict=True)]
+    for head, p in a.probs.items():
+        for c, q in zip(out, p, strict=True):
+            c[f"p_{head}"] = q
+    if a.raw is not None:
+        for j, c in enumerate(out):
+            c["scores"] = {h: v[j] for h, v in a.raw.items()}
+    return out
+
+
 def checked_utility(served: Served, utility: str | dict[str, float] | None, where: str) -> dict[str, float] | None:
     """The utility's checked weights (None: the conversion head alone); a 422 names what is wrong with it."""
     if utility is None:
@@ -147,7 +166,7 @@ def answer(svc: Service, served: Served, uid: int | str | None, raw_user, events
             svc.metrics.utility_uncertified.inc()
     user = uid if uid is not None else raw_user if isinstance(raw_user, str) else None
     body = {"user": user, "k": k, "model_version": served.model_version, "fallback": a.fallback,
-            "candidates": [{"item_id": i, "score": s, **x} for i, s, x in zip(a.ids, a.scores, a.extra, strict=True)]}
+            "candidates": candidate_list(a)}
     if utility is not None:
         body["utility"] = utility
     return body, ignored

@@ -56,13 +56,14 @@ class IndexVectors:
 
 class Answer(NamedTuple):
     """One user's answer: fallback (None, or "popular"), item ids and scores best first (the utility's value on
-    a utility answer), and per candidate its calibrated probabilities (``p_<head>``) and, when asked, its raw
-    per-head scores (``scores``)."""
+    a utility answer), the candidates' calibrated probabilities per head (``p_<head>``: a list per head, in
+    candidate order) and, when asked, their raw per-head scores."""
 
     fallback: str | None
     ids: list
     scores: list
-    extra: list[dict[str, Any]]
+    probs: dict[str, list] = {}  # noqa: RUF012 (a NamedTuple default, never mutated)
+    raw: dict[str, list] | None = None
     certified: bool = True  # a utility answer the threshold proved (retrieval/utility.py); False: widening capped
 
 
@@ -135,8 +136,7 @@ class Served:
         """One user's answer; unknown users get conversion popularity. utility: checked weights (:meth:`utility`)."""
         row = self.users.row(user)
         if row is None:
-            return Answer("popular", self.item_id_list(self.popular_rows[:k]), self.popular_scores[:k].tolist(),
-                          [{} for _ in range(min(k, len(self.popular_rows)))])
+            return Answer("popular", self.item_id_list(self.popular_rows[:k]), self.popular_scores[:k].tolist())
         lo, hi = self.history_offsets[row], self.history_offsets[row + 1]
         heads = self.heads if utility or with_scores else [SERVED]
         state = UserState({h: self.user_vecs[h][row] for h in heads}, self.history_rows[lo:hi],
@@ -186,11 +186,9 @@ class Served:
             ua = utility_answer(self._search(state), self._exact(state), utility, self.calibration,
                                 state.hist_rows, k, self.index.ntotal, exclude)
             rows, scores, per_head, certified = ua
-        probs = {f"p_{h}": self.calibration[h](s).tolist() for h, s in per_head.items() if h in self.calibration}
-        raw = {h: s.tolist() for h, s in per_head.items()} if with_scores else {}
-        extra = [{**{n: v[i] for n, v in probs.items()}, **({"scores": {h: v[i] for h, v in raw.items()}} if raw else {})}
-                 for i in range(len(rows))]
-        return Answer(None, self.item_id_list(rows), scores.tolist(), extra, certified)
+        probs = {h: self.calibration[h](s).tolist() for h, s in per_head.items() if h in self.calibration}
+        raw = {h: s.tolist() for h, s in per_head.items()} if with_scores else None
+        return Answer(None, self.item_id_list(rows), scores.tolist(), probs, raw, certified)
 
     @property
     def event_names(self) -> list[str]:
