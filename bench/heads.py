@@ -174,11 +174,11 @@ def main() -> None:
             otest = pairs_of(other, ocorpus, a.users)
             srows = [spread((test[h], calib[h]), (otest[h], Platt(ofit[h]["a"], ofit[h]["b"])), h) for h in test]
             body += ["Version to version: the same configuration trained with seed 1 beside seed 0; for the (user, "
-                     "item) pairs both serve on the test window, the mean |difference| of their raw scores and of "
+                     "item) pairs both serve on the test window, the mean absolute difference of their raw scores and of "
                      "their calibrated probabilities, each also divided by that quantity's standard deviation over "
                      "the pairs (unitless: how far apart, against how much the quantity varies), and the median "
-                     "relative difference |x1 - x2| / max(|x1|, |x2|).", "",
-                     table(["head", "pairs in both", "raw |diff|", "raw |diff| / sd", "p |diff|", "p |diff| / sd",
+                     "relative difference, abs(x1 - x2) / max(abs(x1), abs(x2)).", "",
+                     table(["head", "pairs in both", "raw mean abs. diff", "raw diff / sd", "p mean abs. diff", "p diff / sd",
                             "p median rel. diff", "raw median rel. diff"], srows), ""]
         body += plot(name, {h: (test[h], calib[h]) for h in test}, sw) + [""]
     publish("heads", "Heads: calibration and the utility trade-off", body)
