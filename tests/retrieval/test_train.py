@@ -190,3 +190,10 @@ def test_heads_and_shorthand_together_are_refused_in_one_line(tiny_world, tmp_pa
         main(["fit", *fit_args(tiny_world, tmp_path, "--config", str(ROOT / "configs" / "heads.yaml"),
                                "--model.aux_weight=0.5", "--trainer.limit_train_batches=1")])
     assert e.value.code == 2 and "heads replaces the shorthand" in caplog.text
+
+
+def test_a_fit_off_a_terminal_prints_a_line_per_epoch_with_the_validation_recall(tiny_world, tmp_path, capsys):
+    main(["fit", *fit_args(tiny_world, tmp_path, "--trainer.max_epochs=2", "--trainer.enable_progress_bar=true")])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert [line.split(" | ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all("val/conv_recall@100 " in line and "(best " in line and line.endswith(" s") for line in lines)
