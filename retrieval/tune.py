@@ -48,6 +48,7 @@ DEFAULT_SPACE = ROOT / "configs" / "tune.yaml"
 METRICS = {f"{kind}_recall@{k}" for kind in ("conv", "eng") for k in (10, 50, 100, 500)} | {
     f"conv_ndcg@{k}" for k in (10, 50, 100, 500)}
 VALIDATION = 1
+MAX_FAILURES = 3  # trials in a row that may fail before the run stops
 
 
 class TuneError(ValueError):
@@ -319,7 +320,10 @@ def tune(configs: list[str], space_path: str | Path, trials: int, out: Path) -> 
         if index not in known:
             j = client.attach_trial({p.key: r.params[p.name] for p in space.params})
             client.complete_trial(j, {ax_name(m): r.metrics[m] for m in metrics})
+    failures = 0
     while len(by_index) < trials:
+        if failures >= MAX_FAILURES:
+            raise TuneError(f"tune: {failures} trials in a row failed (the log says why); stopping")
         (index, raw), = client.get_next_trials(max_trials=1).items()
         params = {p.name: raw[p.key] for p in space.params}
         log.info("tune: trial %d of %d: %s", index, trials - 1, params)
@@ -329,7 +333,9 @@ def tune(configs: list[str], space_path: str | Path, trials: int, out: Path) -> 
             log.warning("tune: trial %d failed: %s", index, e)
             client.mark_trial_failed(index, str(e))
             client.save_to_json_file(str(state))
+            failures += 1
             continue
+        failures = 0
         client.complete_trial(index, {ax_name(m): r.metrics[m] for m in metrics})
         client.save_to_json_file(str(state))
         by_index[index] = r
