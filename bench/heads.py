@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.live import DATA, checkpoint  # noqa: E402
 from bench.report import ROOT, publish, table  # noqa: E402
 from index.calibrate import calibrate_heads  # noqa: E402
-from retrieval.calibration import Pairs, Platt, brier, ece, reliability, served_pairs  # noqa: E402
+from retrieval.calibration import Pairs, Platt, brier, ece, head_pairs, reliability  # noqa: E402
 from retrieval.checkpoint import load_trained  # noqa: E402
+from retrieval.corpus import TEST  # noqa: E402
 from retrieval.evaluate import (  # noqa: E402
     bootstrap,
     fmt_interval,
@@ -39,10 +40,10 @@ from retrieval.evaluate import (  # noqa: E402
     utility_scorer,
     with_popularity_fallback,
 )
-from retrieval.heads import heads_of, role_spec, target_events  # noqa: E402
+from retrieval.heads import heads_of, role_spec  # noqa: E402
 from retrieval.metrics import recall  # noqa: E402
 
-TEST, WEIGHTS = 2, (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+WEIGHTS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 IMG = ROOT / "docs" / "img"
 
 
@@ -58,10 +59,8 @@ def sweep(trained, corpus, calib, users: int) -> list[tuple[float, tuple, tuple]
 
 
 def pairs_of(trained, corpus, users: int) -> dict[str, Pairs]:
-    roles = role_spec(trained.config.roles)
-    names = [*roles["conversions"], *roles["engagement"]]
-    return {h.name: served_pairs(trained.model, corpus, TEST, h.name, [names.index(e) for e in target_events(h, roles)],
-                                 max_users=users) for h in heads_of(trained.hparams)}
+    return head_pairs(trained.model, corpus, heads_of(trained.hparams), role_spec(trained.config.roles), TEST,
+                      max_users=users)
 
 
 def spread(a: tuple, b: tuple, head: str) -> list[str]:

@@ -105,8 +105,8 @@ def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events
     params = default_search_params(factory)
     for ix in indexes.values():
         apply_search_params(ix, params)
-    calibration = calibrate_heads(trained.model, corpus, heads, role_spec(
-        trained.config.roles), max_users=calibration_users, seed=seed)
+    calibration = calibrate_heads(trained.model, corpus, heads, role_spec(trained.config.roles),
+                                  max_users=calibration_users, seed=seed, items=head_items)
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(user_vecs), min(recall_users, len(user_vecs)), replace=False)
     recall = measure_recall(index, item_vecs, user_vecs[sample].reshape(-1, item_vecs.shape[1]), recall_k)

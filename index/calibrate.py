@@ -10,14 +10,12 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from retrieval.calibration import Platt, served_pairs
-from retrieval.corpus import Corpus
+from retrieval.calibration import Platt, head_pairs
+from retrieval.corpus import VALIDATION, Corpus
 from retrieval.heads import Head, target_events
 from retrieval.inference import TwoTower
 
 log = logging.getLogger(__name__)
-
-VALIDATION = 1
 
 
 def fit_platt(scores: np.ndarray, labels: np.ndarray) -> Platt:
@@ -40,17 +38,18 @@ def fit_platt(scores: np.ndarray, labels: np.ndarray) -> Platt:
 
 
 def calibrate_heads(model: TwoTower, corpus: Corpus, heads: list[Head], roles: dict[str, dict[str, float]],
-                    k: int = 100, max_users: int | None = 2000, seed: int = 0) -> dict[str, dict[str, Any] | None]:
+                    k: int = 100, max_users: int | None = 2000, seed: int = 0,
+                    items: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, Any] | None]:
     """{head: its calibration and what it was fitted on} for every head, None for a head it cannot be fitted
-    for (no validation window, no positive pair): that artifact serves no probability for it."""
-    names = [*roles["conversions"], *roles["engagement"]]
+    for (no validation window, no positive pair): that artifact serves no probability for it. items: each head's
+    item vectors when the caller has embedded them already ({head: [N, D]})."""
     out: dict[str, dict[str, Any] | None] = {}
     if corpus.split is None or not (corpus.window == VALIDATION).any():
         log.warning("index: the checkpoint's split has no validation window: heads are served uncalibrated")
         return {h.name: None for h in heads}
     for head in heads:
         events = target_events(head, roles)
-        pairs = served_pairs(model, corpus, VALIDATION, head.name, [names.index(e) for e in events], k, max_users, seed)
+        pairs = head_pairs(model, corpus, [head], roles, VALIDATION, k, max_users, seed, items)[head.name]
         try:
             platt = fit_platt(pairs.scores, pairs.labels)
         except ValueError as e:

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from retrieval.corpus import Corpus
+from retrieval.corpus import VALIDATION, Corpus
 from retrieval.embed import embed_items, states_from_inputs_heads
+from retrieval.heads import Head, event_names, target_events
 from retrieval.history import positions_before
 from retrieval.inference import TwoTower
 from retrieval.losses import interest_scores
@@ -64,7 +65,7 @@ def window_users(corpus: Corpus, window: int, max_users: int | None, seed: int =
     """(user codes [U], their history end [U], window start): users with an event in ``window`` (1 validation, 2
     test) and one before it, a seeded sample of at most ``max_users``."""
     ev = corpus.events
-    now = int(corpus.split.val_start if window == 1 else corpus.split.test_start)
+    now = int(corpus.split.val_start if window == VALIDATION else corpus.split.test_start)
     users = np.unique(ev.user[corpus.window == window])
     end = positions_before(ev.user, ev.ts, users, now)
     known = end > corpus.user_start[users]
@@ -84,12 +85,15 @@ def window_targets(corpus: Corpus, window: int, users: np.ndarray, events: list[
 
 
 def served_pairs(model: TwoTower, corpus: Corpus, window: int, head: str, events: list[int], k: int = 100,
-                 max_users: int | None = 2000, seed: int = 0, batch: int = 256) -> Pairs:
+                 max_users: int | None = 2000, seed: int = 0, batch: int = 256,
+                 items: np.ndarray | None = None) -> Pairs:
     """The top ``k`` of ``head``'s exact served score (inner product + repeat term, the answer a Flat index
-    gives) for each active known user of ``window`` at its start, labelled by ``events`` in the window."""
+    gives) for each active known user of ``window`` at its start, labelled by ``events`` in the window. items:
+    the head's item vectors [N, D] when the caller has them (else embedded here)."""
     users, end, now = window_users(corpus, window, max_users, seed)
     targets = window_targets(corpus, window, users, events)
-    items = embed_items(model, corpus, progress=False, head=head)
+    if items is None:
+        items = embed_items(model, corpus, progress=False, head=head)
     k = min(k, corpus.n_items)
     out = {n: [] for n in ("scores", "labels", "user", "rows")}
     for lo in range(0, len(users), batch):
@@ -112,6 +116,16 @@ def served_pairs(model: TwoTower, corpus: Corpus, window: int, head: str, events
     cat = {n: np.concatenate(v) if v else np.zeros(0) for n, v in out.items()}
     return Pairs(cat["scores"].astype(np.float32), cat["labels"].astype(bool), cat["user"].astype(np.int64),
                  cat["rows"].astype(np.int64), users)
+
+
+def head_pairs(model: TwoTower, corpus: Corpus, heads: list[Head], roles: dict[str, dict[str, float]], window: int,
+               k: int = 100, max_users: int | None = 2000, seed: int = 0,
+               items: dict[str, np.ndarray] | None = None) -> dict[str, Pairs]:
+    """:func:`served_pairs` of every head, each labelled by its calibration target events (heads.target_events)."""
+    names = event_names(roles)
+    return {h.name: served_pairs(model, corpus, window, h.name, [names.index(e) for e in target_events(h, roles)],
+                                 k, max_users, seed, items=None if items is None else items[h.name])
+            for h in heads}
 
 
 def brier(p: np.ndarray, y: np.ndarray) -> float:

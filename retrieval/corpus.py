@@ -55,6 +55,7 @@ class SplitConfig:
     test_start: int | None = None  # explicit epoch seconds instead of test_fraction
 
 
+VALIDATION, TEST = 1, 2  # window codes of a split corpus (0: training)
 DEFAULT_ROLES = EventRoles({"purchase": 1.0}, {"view": 0.5, "click": 1.0, "add_to_cart": 2.0})
 
 

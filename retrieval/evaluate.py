@@ -29,7 +29,7 @@ from retrieval.calibration import Platt
 from retrieval.checkpoint import CheckpointError, load_trained
 from retrieval.contract import DataError
 from retrieval.corpus import Corpus, EvalSet
-from retrieval.embed import UserHistory, embed_items, user_state_scores, user_states
+from retrieval.embed import UserHistory, embed_items, embed_items_heads, user_state_scores, user_states
 from retrieval.events import CONVERSION, ENGAGEMENT
 from retrieval.inference import TwoTower
 from retrieval.live_eval import als_foldin_scorer, cooccurrence_scorer, live_set, live_two_tower_scorer
@@ -109,7 +109,7 @@ def utility_scorer(model: TwoTower, corpus: Corpus, weights: dict[str, float], c
     retrieval.utility.utility_of): what the service's utility answer is through a Flat index, which is exact
     against this brute force (tests/serve/test_utility_service.py)."""
     model.eval()
-    items = {h: embed_items(model, corpus, progress=False, head=h) for h in weights}
+    items = embed_items_heads(model, corpus, progress=False, heads=list(weights))  # one run of the item tower
 
     def score(i: np.ndarray, es: EvalSet) -> np.ndarray:
         now = np.full(len(i), es.now, np.int64)

@@ -44,8 +44,14 @@ class Head:
 
 
 def role_spec(roles: EventRoles) -> dict[str, dict[str, float]]:
-    """The data's roles as plain dicts (what model.roles is linked to): {conversions: {...}, engagement: {...}}."""
+    """The data's roles as plain dicts (what model.event_roles is linked to): {conversions: {...}, engagement:
+    {...}}."""
     return {"conversions": dict(roles.conversions), "engagement": dict(roles.engagement)}
+
+
+def event_names(roles: dict[str, dict[str, float]]) -> list[str]:
+    """The event names in code order (conversions, then engagement: retrieval.events.EventRoles.names)."""
+    return [*roles["conversions"], *roles["engagement"]]
 
 
 def shorthand_heads(conversion_weight: float, engagement_weight: float, aux_weight: float) -> list[Head]:
@@ -119,16 +125,13 @@ def _events_of(names: dict[str, Any] | tuple[str, ...], roles: dict[str, dict[st
 def event_multipliers(heads: list[Head], roles: dict[str, dict[str, float]]) -> np.ndarray:
     """[H, E] float32: per head, the multiplier of each event code (data.roles' names: conversions, then
     engagement) in its softmax weights; an event a head does not name weighs 0 there."""
-    names = [*roles["conversions"], *roles["engagement"]]
+    names = event_names(roles)
     out = np.zeros((len(heads), len(names)), np.float32)
     for h, head in enumerate(heads):
-        for key, mult in head.positives.items():
+        # Roles first, then events: an event named beside its role keeps its own multiplier.
+        for key, mult in sorted(head.positives.items(), key=lambda kv: kv[0] not in ROLES):
             for e in _events_of((key,), roles, f"model.heads ({head.name}).positives"):
-                out[h, names.index(e)] = mult  # an event named twice (itself and its role): its own entry last
-    for h, head in enumerate(heads):  # an explicit event name overrides its role's multiplier
-        for key, mult in head.positives.items():
-            if key not in ROLES:
-                out[h, names.index(key)] = mult
+                out[h, names.index(e)] = mult
     return out
 
 
@@ -138,8 +141,7 @@ def target_events(head: Head, roles: dict[str, dict[str, float]]) -> list[str]:
     if head.target is not None:
         return _events_of(head.target, roles, f"model.heads ({head.name}).target")
     mult = event_multipliers([head], roles)[0]
-    names = [*roles["conversions"], *roles["engagement"]]
-    positive = [n for n, m in zip(names, mult, strict=True) if m > 0]
+    positive = [n for n, m in zip(event_names(roles), mult, strict=True) if m > 0]
     conv = [n for n in positive if n in roles["conversions"]]
     return conv or positive
 

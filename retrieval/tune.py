@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 from retrieval.checkpoint import load_trained
 from retrieval.cli import main as cli_main
 from retrieval.contract import DataError
+from retrieval.corpus import VALIDATION
 from retrieval.data import RetrievalData
 from retrieval.evaluate import evaluate, two_tower_scorer, with_popularity_fallback
 from retrieval.heads import DEFAULT_WEIGHTS
@@ -47,7 +48,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPACE = ROOT / "configs" / "tune.yaml"
 METRICS = {f"{kind}_recall@{k}" for kind in ("conv", "eng") for k in (10, 50, 100, 500)} | {
     f"conv_ndcg@{k}" for k in (10, 50, 100, 500)}
-VALIDATION = 1
 MAX_FAILURES = 3  # trials in a row that may fail before the run stops
 
 

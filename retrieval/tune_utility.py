@@ -9,9 +9,10 @@ from pathlib import Path
 from index.calibrate import calibrate_heads
 from retrieval.calibration import Platt
 from retrieval.checkpoint import load_trained
+from retrieval.corpus import VALIDATION
 from retrieval.evaluate import evaluate, utility_scorer, with_popularity_fallback
 from retrieval.heads import SERVED, heads_of, role_spec
-from retrieval.tune import VALIDATION, Param, Space, TrialResult, TuneError, ax_name, make_client, table_rows
+from retrieval.tune import Param, Space, TrialResult, TuneError, ax_name, make_client, table_rows
 
 log = logging.getLogger(__name__)
 

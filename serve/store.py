@@ -160,8 +160,8 @@ class Served:
         score with the repeat term."""
         def exact(rows: np.ndarray) -> dict[str, np.ndarray]:
             hist = isin_few(rows, state.hist_rows)
-            where = np.searchsorted(np.sort(state.hist_rows), rows[hist])
             order = np.argsort(state.hist_rows, kind="stable")
+            where = np.searchsorted(state.hist_rows[order], rows[hist])
             out = {}
             for h, vecs in state.vecs.items():
                 s = (IndexVectors(self.indexes[h])[rows] @ vecs.T).max(axis=1, initial=-np.inf)  # [n]
