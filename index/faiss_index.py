@@ -9,6 +9,7 @@ import faiss
 import numpy as np
 
 log = logging.getLogger(__name__)
+FLT_MAX = float(np.finfo(np.float32).max)  # faiss's score of a padding result (-FLT_MAX, row -1)
 
 def gpu_count() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
@@ -74,6 +75,31 @@ def default_search_params(factory: str) -> dict[str, Any]:
 def apply_search_params(index: faiss.Index, params: dict[str, Any]) -> None:
     for name, value in params.items():
         faiss.ParameterSpace().set_index_parameter(index, name, value)
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search`` for the few queries of one request: ([Q, k] scores, [Q, k] rows), best first (rows -1 and score
+    -FLT_MAX past the catalogue's end, as faiss pads).
+
+    An exact CPU index (IndexFlatIP) is scored as one matrix product over its stored vectors and a partial sort:
+    for fewer queries than ``distance_compute_blas_threshold`` faiss scores item by item into a heap instead of
+    calling BLAS, several times slower at a served catalogue's size. Ties at equal score go to the lower row.
+    Other indexes (HNSW, IVF, GPU) search as faiss does."""
+    if type(index) is not faiss.IndexFlatIP or len(queries) == 0:
+        return index.search(queries, k)
+    n = index.ntotal
+    xb = faiss.rev_swig_ptr(index.get_xb(), n * index.d).reshape(n, index.d)  # [N, D] a view, no copy
+    scores = queries @ xb.T  # [Q, N]
+    m = min(k, n)
+    part = np.argpartition(-scores, m - 1, axis=1)[:, :m] if m < n else np.broadcast_to(np.arange(n), scores.shape)
+    part = np.sort(part, axis=1)  # rows ascending, so the stable sort below breaks ties by row
+    top = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    rows, top = np.take_along_axis(part, order, axis=1), np.take_along_axis(top, order, axis=1)
+    if m < k:  # faiss pads past the catalogue with -1 rows and -inf scores
+        pad = ((0, 0), (0, k - m))
+        rows, top = np.pad(rows, pad, constant_values=-1), np.pad(top, pad, constant_values=-FLT_MAX)
+    return top.astype(np.float32, copy=False), rows.astype(np.int64, copy=False)
 
 
 def exact_topk(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

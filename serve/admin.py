@@ -1,8 +1,9 @@
 """Admin: swap the served artifact, add items without retraining. Bearer token (checked before the body is read).
 
-Added items are ephemeral: they live in this process's index until the next swap or restart, and the
-``model_version`` an answer carries says how many were added (and a digest of which), so two processes holding
-different catalogues never report the same version. To keep them, rebuild the artifact with them in the item table.
+Added items are ephemeral: they live in the service's indexes until the next swap or restart, and the
+``model_version`` an answer carries says how many were added (and a digest of which), so two catalogues never
+report the same version. To keep them, rebuild the artifact with them in the item table. With several workers,
+both operations reach every one (serve/journal.py); the answer says how many serve the result (``processes``).
 """
 
 import logging
@@ -66,15 +67,16 @@ def router(settings: Settings) -> APIRouter:
         async with svc.lock:
             old = svc.served
             try:
-                new = await run_in_threadpool(svc.load, path)
+                await run_in_threadpool(svc.commit, {"op": "swap", "path": str(path)}, lambda _: (svc.load(path), None))
             except ArtifactError as e:
                 svc.metrics.swap_failures.inc()
                 log.error("serve: swap to %s refused, still serving %s: %s", path, old and old.model_version, e)
                 raise HTTPException(409, f"artifact refused, still serving the previous version: {e}") from None
-            svc.served = new  # one reference assignment: requests see old or new, never a mix
-            svc.metrics.set_version(new.model_version)
+            new = svc.served
+            processes = await run_in_threadpool(svc.wait_workers)
         log.info("serve: swapped %s -> %s", old and old.model_version, new.model_version)
-        return json_response({"model_version": new.model_version, "previous": old and old.model_version})
+        return json_response({"model_version": new.model_version, "previous": old and old.model_version,
+                              "processes": processes})
 
     @r.post("/items", summary="Embed new items from features and index them (until the next swap or restart)",
             openapi_extra=json_body_schema(AddItemsRequest))
@@ -85,12 +87,14 @@ def router(settings: Settings) -> APIRouter:
             raise HTTPException(422, f"give between 1 and {settings.max_new_items} items")
         async with svc.lock:
             try:
-                new, ignored = await run_in_threadpool(svc.served.with_items, body.items)
+                ignored = await run_in_threadpool(svc.commit, {"op": "items", "items": body.items},
+                                                  lambda served: served.with_items(body.items))
             except DataError as e:
                 raise HTTPException(422, str(e)) from None
-            svc.served = new
-            svc.metrics.set_version(new.model_version)
+            new = svc.served
+            processes = await run_in_threadpool(svc.wait_workers)
         return json_response({"added": len(body.items), "n_items": int(new.index.ntotal),
-                              "model_version": new.model_version, "persisted": False, "ignored_fields": ignored})
+                              "model_version": new.model_version, "persisted": False, "ignored_fields": ignored,
+                              "processes": processes})
 
     return r

@@ -1,9 +1,11 @@
 """The candidates service: an app factory; the artifact and the live store open in lifespan; routers per area
 (candidates, live events, health and metrics, admin)."""
 
+import asyncio
 import logging
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
+import torch
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
@@ -25,11 +27,17 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        svc.served = await run_in_threadpool(svc.load, settings.artifacts)
-        svc.metrics.set_version(svc.served.model_version)
+        await run_in_threadpool(svc.start)
         await svc.open_store()
+        follower = asyncio.create_task(follow(svc)) if svc.journal else None
         yield
+        if follower:
+            follower.cancel()
+            with suppress(asyncio.CancelledError):
+                await follower
+            svc.journal.close()
         await svc.store.close()
+        svc.metrics.close()
         svc.served = None
 
     app = FastAPI(title="Conversion candidate retrieval", version="0.1.0", lifespan=lifespan,
@@ -45,3 +53,19 @@ def create_app(settings: Settings) -> FastAPI:
                        tokens=tokens)
     app.add_middleware(Metrics.Middleware, metrics=svc.metrics)  # outermost: counts refused requests too
     return app
+
+
+def from_env() -> FastAPI:
+    """The app of the settings in the environment: what each worker of ``python -m serve --workers N`` runs
+    (uvicorn imports it by name in every process it spawns)."""
+    torch.set_num_threads(1)  # as in serve.__main__: the user tower runs on the event loop's thread
+    return create_app(Settings())
+
+
+async def follow(svc: Service) -> None:
+    """Apply, a few times a second, the admin operations other workers received (serve/journal.py)."""
+    while True:
+        await asyncio.sleep(svc.settings.journal_poll_s)
+        if svc.journal.changed():
+            async with svc.lock:
+                await run_in_threadpool(svc.follow)

@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 import orjson
+import uvicorn
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
@@ -117,60 +118,67 @@ async def _refuse(send, status: int, detail: str | list, headers: list | None = 
     await send({"type": "http.response.body", "body": body})
 
 
-def header_deadline_protocol(timeout_s: float) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol with a deadline on each request's headers: from the connection's start, and
-    from the first byte of every later request on it, the headers must be complete within ``timeout_s`` or the
-    connection is closed. uvicorn arms no timer before a connection's first response, so a silent client, or
-    one sending a header byte at a time (slowloris), would hold its connection forever."""
+class ServeConfig(uvicorn.Config):
+    """uvicorn's Config with the header deadline of :class:`HeaderDeadline`. A module-level class: with several
+    workers uvicorn pickles the config into each spawned process."""
 
-    class HeaderDeadline(HttpToolsProtocol):
-        _deadline: asyncio.TimerHandle | None = None
-        _refused = False
+    def __init__(self, app, header_timeout_s: float, **kwargs):
+        super().__init__(app, **kwargs)
+        self.header_timeout_s = header_timeout_s
 
-        def _arm(self) -> None:
+
+class HeaderDeadline(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline on each request's headers (``config.header_timeout_s``): from
+    the connection's start, and from the first byte of every later request on it, the headers must be complete
+    in time or the connection is closed. uvicorn arms no timer before a connection's first response, so a silent
+    client, or one sending a header byte at a time (slowloris), would hold its connection forever."""
+
+    _deadline: asyncio.TimerHandle | None = None
+    _refused = False
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.config.header_timeout_s, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > MAX_URL_BYTES:  # refused while it streams in: never collected, never parsed
             self._disarm()
-            self._deadline = self.loop.call_later(timeout_s, self._expire)
+            self._refused = True
+            self.transport.write(URL_TOO_LONG)
+            self.transport.close()
+            raise ValueError("request target too long")  # stops the parser (uvicorn answers a parse error...)
 
-        def _disarm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:  # ... with a 400, unless the 414 went out already
+            super().send_400_response(msg)
 
-        def _expire(self) -> None:
-            if not self.transport.is_closing():
-                self.transport.close()
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
 
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self._arm()
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
 
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._arm()
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
-        def on_url(self, url: bytes) -> None:
-            super().on_url(url)
-            if len(self.url) > MAX_URL_BYTES:  # refused while it streams in: never collected, never parsed
-                self._disarm()
-                self._refused = True
-                self.transport.write(URL_TOO_LONG)
-                self.transport.close()
-                raise ValueError("request target too long")  # stops the parser (uvicorn answers a parse error...)
-
-        def send_400_response(self, msg: str) -> None:
-            if not self._refused:  # ... with a 400, unless the 414 went out already
-                super().send_400_response(msg)
-
-        def data_received(self, data: bytes) -> None:
-            if not self._refused:
-                super().data_received(data)
-
-        def on_headers_complete(self) -> None:
-            self._disarm()
-            super().on_headers_complete()
-
-        def connection_lost(self, exc) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-    return HeaderDeadline

@@ -1,7 +1,14 @@
-"""Prometheus metrics of one app (its own registry, so several apps in one process do not collide)."""
+"""Prometheus metrics of one app (its own registry, so several apps in one process do not collide).
+
+With several workers (``python -m serve --workers N``) each process writes its values to files in
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode, set before the workers start) and
+``/metrics``, whichever worker answers it, sums the counters and histograms of all of them and lists each live
+worker's served version.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 
 from prometheus_client import (
@@ -11,6 +18,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 
 ENDPOINTS = {"/candidates", "/events", "/healthz", "/readyz", "/metrics", "/admin/swap", "/admin/items", "/docs",
@@ -40,14 +48,23 @@ class Metrics:
                                       registry=self.registry)
         self.swap_failures = Counter("retrieval_swap_failures_total", "artifact swaps refused", registry=self.registry)
         self.version = Gauge("retrieval_artifact_info", "the artifact being served", ["model_version"],
-                             registry=self.registry)
+                             registry=self.registry, multiprocess_mode="liveall")
 
     def set_version(self, version: str) -> None:
         self.version.clear()
         self.version.labels(model_version=version).set(1)
 
     def render(self) -> tuple[bytes, str]:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # every worker's values, from their files
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def close(self) -> None:
+        """A worker that stops takes its version off the live list (multiprocess mode; nothing otherwise)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            multiprocess.mark_process_dead(os.getpid())
 
     class Middleware:
         """Pure ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path): count and time requests."""

@@ -35,6 +35,17 @@ class Settings(BaseSettings):
     max_request_events: int = Field(200, ge=1, description="most events one POST /candidates may carry")
     max_post_events: int = Field(1000, ge=1, description="most events one POST /events may carry")
     log_level: str = Field("info", description="uvicorn log level")
+    workers: int = Field(1, ge=1, le=64, description="service processes sharing the port (uvicorn's supervisor "
+                         "restarts one that dies); admin swaps and adds reach every one (serve/journal.py). Each "
+                         "holds its own copy of the artifact")
+    control_dir: Path | None = Field(None, description="folder the workers share for the admin journal; "
+                                     "`--workers N` makes a fresh one (set it only to run workers by hand)")
+    sync_timeout_s: float = Field(120.0, gt=0, description="how long an admin request waits for every worker to "
+                                  "apply it before answering with how many did")
+    journal_poll_s: float = Field(0.1, gt=0, description="how often a worker looks for admin operations that "
+                                  "another worker received")
+    gpu: bool = Field(False, description="hold Flat and IVF indexes on the GPU (faiss-gpu and a CUDA device); "
+                      "without one the service logs one line and searches on the CPU")
 
     @model_validator(mode="after")
     def _default_k_within_max_k(self) -> Settings:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from index.artifact import ArtifactError, Manifest, head_column, read_manifest
-from index.faiss_index import apply_search_params
+from index.faiss_index import apply_search_params, search
 from retrieval.answer import isin_few, search_width, served_answer
 from retrieval.calibration import Platt
 from retrieval.checkpoint import CheckpointError, Trained, load_trained
@@ -150,10 +150,10 @@ class Served:
         return self.purchased_rows[self.purchased_offsets[row]: self.purchased_offsets[row + 1]].astype(np.int64)
 
     def _search(self, state: UserState) -> Callable[[str, int], tuple[np.ndarray, np.ndarray]]:
-        def search(head: str, m: int) -> tuple[np.ndarray, np.ndarray]:
-            scores, rows = self.indexes[head].search(state.vecs[head], m)  # [K, m]
+        def head_search(head: str, m: int) -> tuple[np.ndarray, np.ndarray]:
+            scores, rows = search(self.indexes[head], state.vecs[head], m)  # [K, m]
             return rows, scores
-        return search
+        return head_search
 
     def _exact(self, state: UserState) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
         """rows [n] -> {head: full served score [n]}: the best interest's inner product, or a history item's
@@ -179,7 +179,7 @@ class Served:
         certified = True
         if utility is None:
             want = search_width(k, len(state.hist_rows), 0 if exclude is None else len(exclude), self.index.ntotal)
-            scores, rows = self.index.search(state.vecs[SERVED], want)  # [K, want]
+            scores, rows = search(self.index, state.vecs[SERVED], want)  # [K, want]
             rows, scores = served_answer(rows, scores, state.hist_rows, state.hist_scores[SERVED], k, exclude)
             per_head = {**self._exact(state)(rows), SERVED: scores} if with_scores else {SERVED: scores}
         else:
