@@ -1,7 +1,11 @@
 """Serving under load: the real service with a 1M-item index against the same stack answering a constant.
 
     python bench/serve_load.py [--factory HNSW32] [--seconds 5] [--rounds 3] [--interests 1,4]
-                               [--utility conversion:1,engagement:0.05]
+                               [--utility conversion:1,engagement:0.05] [--artifact work/demo/artifacts/V]
+                               [--workers 1,2]
+
+--artifact measures that artifact (the demo's, say) instead of the big world's; --workers runs a service of
+each number of processes (`python -m serve --workers N`) for each artifact.
 
 Needs wrk (Debian package). For each number of user vectors (interest vectors: the service runs one index
 search per vector and merges them), takes the big world's model (bench/big_world.py; trained once, 300 steps),
@@ -136,17 +140,26 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8765, help="first of the consecutive ports the servers take")
     p.add_argument("--interests", default="1,4", help="user vectors per model, comma-separated (first = reference)")
     p.add_argument("--utility", default=None, help="also measure requests with this utility (head:weight,...)")
+    p.add_argument("--artifact", type=Path, default=None, help="measure this artifact instead of the big world's")
+    p.add_argument("--section", default="serve_load", help="the section of docs/benchmarks.md to write")
+    p.add_argument("--workers", default="1", help="service processes, comma-separated (one service each)")
     a = p.parse_args()
-    ks = [int(k) for k in a.interests.split(",")]
-    arts = {k: ensure_artifact(k, a.factory) for k in ks}
+    if a.artifact:
+        arts = {json.loads((a.artifact / "manifest.json").read_text())["interests"]: a.artifact}
+    else:
+        arts = {int(k): ensure_artifact(int(k), a.factory) for k in a.interests.split(",")}
+    workers = [int(w) for w in a.workers.split(",")]
     manifests = {k: json.loads((art / "manifest.json").read_text()) for k, art in arts.items()}
-    n_users = manifests[ks[0]]["n_users"]
+    # One service per (artifact, workers); "k" below names a service: (user vectors, processes).
+    ks = [(k, w) for k in arts for w in workers]
+    n_users = manifests[ks[0][0]]["n_users"]
     script = Path(tempfile.mkdtemp()) / "users.lua"
     script.write_text(LUA % (n_users, ""))
     utility_script = script.parent / "utility.lua"
     utility_script.write_text(LUA % (n_users, f"&utility={a.utility}" if a.utility else ""))
     body = script.parent / "body.json"
-    names = [f"service, {k} user vector{'s' if k > 1 else ''}" for k in ks]
+    names = [f"service, {k} user vector{'s' if k > 1 else ''}" + (f", {w} processes" if w > 1 else "")
+             for k, w in ks]
     utility_names = {f"{n}, utility {a.utility}": n for n in names} if a.utility else {}
     names += ["constant response, async endpoint (ceiling)", "constant response, plain def endpoint (threadpool)"]
     ports = {name: a.port + i for i, name in enumerate(names)}
@@ -155,10 +168,12 @@ def main() -> None:
     try:
         # Every server stays up through the measurement and the rows take turns, round after round: a
         # disturbance of this shared machine then moves one round of every row, not all rounds of one row.
-        for k, name in zip(ks, names, strict=False):
+        for (k, w), name in zip(ks, names, strict=False):
             procs[name] = start([sys.executable, "-m", "serve", "--artifacts", str(arts[k]), "--port",
-                                 str(ports[name]), "--log_level", "warning"], ports[name])
-            idle[name] = rss_mib(procs[name].pid)
+                                 str(ports[name]), "--log_level", "warning", "--workers", str(w)], ports[name])
+            if w > 1:
+                time.sleep(5)  # every worker up, not only the first that answered
+            idle[name] = rss_mib(procs[name].pid) if w == 1 else float("nan")
         body.write_bytes(urllib.request.urlopen(f"http://127.0.0.1:{ports[names[0]]}/candidates?user=1&k=100").read())
         for name, kind in zip(names[len(ks):], ("async def", "def"), strict=True):
             procs[name] = start([sys.executable, "-c", CEILING % kind, str(body), str(ports[name])], ports[name])
@@ -171,7 +186,8 @@ def main() -> None:
         for _ in range(a.rounds):
             for (name, c), runs in rounds.items():
                 runs.append(wrk(ports[name], c, a.seconds, str(utility_script if name in utility_names else script)))
-        loaded = {name: rss_mib(procs[name].pid) for name in names[:len(ks)]}
+        loaded = {name: rss_mib(procs[name].pid) if w == 1 else float("nan")
+                  for (_, w), name in zip(ks, names, strict=False)}
     finally:
         for proc in procs.values():
             proc.terminate()
@@ -188,27 +204,30 @@ def main() -> None:
                 f"{r['p99']:.2f}", r["errors"], r["socket"]]
 
     memory = []
-    for k, name in zip(ks, names, strict=False):
+    for (k, w), name in zip(ks, names, strict=False):
+        if w > 1:
+            continue
         files = ["items.parquet", "users.parquet", *(h["index"] for h in manifests[k]["heads"].values())]
         data_mib = sum((arts[k] / f).stat().st_size for f in files) / 2**20
         memory.append(f"{k} vector(s): {idle[name]:,.0f} MiB after load, {loaded[name]:,.0f} MiB after the runs; "
                       f"{len(manifests[k]['heads'])} heads' indexes + item and user embeddings on disk "
                       f"{data_mib:,.0f} MiB (ratio {loaded[name] / data_mib:.2f})")
-    m = manifests[ks[0]]
-    publish("serve_load", "Serving under load", [
-          f"Artifacts: {m['n_items']:,} items, {n_users:,} users, `{m['factory']}` (measured recall@"
+    m = manifests[ks[0][0]]
+    publish(a.section, "Serving under load" + (f": {a.artifact.name}" if a.artifact else ""), [
+          f"Artifact{'' if a.artifact else 's'}: {m['n_items']:,} items, {n_users:,} users, `{m['factory']}` (measured recall@"
           f"{m['recall_check']['k']}: " + ", ".join(f"{manifests[k]['recall_check']['recall']} with {k} vector(s)"
-                                                     for k in ks) +
+                                                     for k in manifests) +
           f"), dim {m['embedding_dim']}; one model per number of user vectors (one index search per vector, merged "
           f"by best score). wrk {a.seconds} s per row in each of {a.rounds} rounds (all servers up, rows taking "
           f"turns); each figure is the median over the rounds, with the range of requests/s in brackets. k=100, "
           f"80% known users / 20% unknown (popularity fallback); response {body.stat().st_size:,} bytes. wrk and "
-          f"the servers share {os.cpu_count()} cores; 'to {ks[0]} vector' compares requests/s within this run"
+          f"the servers share {os.cpu_count()} cores; 'to first' compares requests/s with the first service row "
+          f"within this run"
           + (f"; a utility row ({a.utility}: every weighted head searched, the union scored exactly, "
              f"retrieval/utility.py) compares with the default path of the same process" if a.utility else "")
           + ".", "",
           table(["server", "connections", "requests/s (range)", "ratio to ceiling",
-                 f"to {ks[0]} vector" + (" (utility: to default)" if a.utility else ""), "p50 ms",
+                 "to first" + (" (utility: to default)" if a.utility else ""), "p50 ms",
                  "p90 ms", "p99 ms", "non-2xx", "socket errors"],
                 [row(n, c) for n in [*names[:len(ks)], *utility_names, *names[len(ks):]] for c in (1, 16)]), "",
           "Service resident memory: " + "; ".join(memory) + ".", ""])

@@ -1,7 +1,7 @@
 """Soak: load on the real service with a hot swap and a new-item add in the middle, live queries and a stream of
 events for new users throughout; nothing may fail or mix, and memory stays bounded.
 
-    python bench/soak.py [--checkpoint CKPT] [--seconds 60] [--conns 16]
+    python bench/soak.py [--checkpoint CKPT] [--seconds 60] [--conns 16] [--workers N]
 
 Builds two artifact versions from one checkpoint (v1 Flat, v2 HNSW32; default checkpoint: the newest best of the demo and of the quality report's full model on synth),
 starts `python -m serve` on 127.0.0.1 with an admin token, and drives it from ``conns`` keep-alive connections
@@ -10,6 +10,11 @@ answer is checked against the answer its reported version gives (computed in-pro
 response mixing versions is caught, not only an error. A quarter of the connections ask POST /candidates with
 fixed fresh events (checked the same way), and a feeder posts events for ever new users to /events, so the
 in-process live store (capped at 2,000 users) evicts all along. Writes the "soak" section of docs/benchmarks.md.
+
+With --workers N (N > 1) the service runs N processes (`python -m serve --workers N`) and the section is
+"soak_workers": the swap and the add reach one of them, and every answer that starts after the admin request
+has answered must carry the new version, whichever process answers it. (No /events feeder there: several
+processes keep live histories in Redis only.)
 """
 
 from __future__ import annotations
@@ -107,6 +112,12 @@ def feeder(port: int, stop: threading.Event, out: dict, items: list) -> None:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
 
 
+def tree_rss(pid: int) -> float:
+    """Resident MiB of a process and its children (the workers of `--workers N`)."""
+    kids = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    return rss_mib(pid) + sum(tree_rss(c) for c in kids)
+
+
 def admin(port: int, path: str, payload: dict) -> tuple[int, str]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("POST", path, json.dumps(payload), {"Authorization": f"Bearer {TOKEN}",
@@ -122,6 +133,7 @@ def main() -> None:
     p.add_argument("--conns", type=int, default=16)
     p.add_argument("--port", type=int, default=8766)
     p.add_argument("--k", type=int, default=50)
+    p.add_argument("--workers", type=int, default=1)
     a = p.parse_args()
     found = [*(ROOT / "work").glob("demo/runs/demo/version_*/checkpoints/best.ckpt"),
              *(ROOT / "work").glob("bench/synth/runs/two-tower_full/select/log/version_*/checkpoints/best.ckpt")]
@@ -136,19 +148,23 @@ def main() -> None:
     bodies = live_bodies(root, k=a.k)
     expected = expected_answers(root, users, a.k, bodies)
     items = pq.read_table(root / "v1" / "items.parquet", columns=["item_id"]).column("item_id").to_pylist()
+    feed = a.workers == 1
     srv = subprocess.Popen([sys.executable, "-m", "serve", "--artifacts", str(root / "v1"), "--port", str(a.port),
-                            "--admin_token", TOKEN, "--events_token", TOKEN, "--live_max_users", "2000",
-                            "--log_level", "warning"], cwd=ROOT)
+                            "--admin_token", TOKEN, *(["--events_token", TOKEN] if feed else []),
+                            "--live_max_users", "2000", "--log_level", "warning", "--workers", str(a.workers)],
+                            cwd=ROOT)
     fed = {"posted": 0, "non-2xx": 0, "errors": 0}
     log: list = []
     events = {}
     try:
         wait_ready(a.port)
-        rss_before = rss_mib(srv.pid)
+        time.sleep(5 if a.workers > 1 else 0)  # every worker up
+        rss_before = tree_rss(srv.pid)
         stop = threading.Event()
         threads = [threading.Thread(target=client, args=(a.port, users, a.k, stop, log, i, bodies if i % 4 == 3 else None))
                    for i in range(a.conns)]
-        threads.append(threading.Thread(target=feeder, args=(a.port, stop, fed, items)))
+        if feed:
+            threads.append(threading.Thread(target=feeder, args=(a.port, stop, fed, items)))
         t0 = time.perf_counter()
         for t in threads:
             t.start()
@@ -164,7 +180,7 @@ def main() -> None:
         stop.set()
         for t in threads:
             t.join()
-        rss_after = rss_mib(srv.pid)
+        rss_after = tree_rss(srv.pid)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{a.port}/metrics").read().decode()
     finally:
         srv.terminate()
@@ -176,6 +192,11 @@ def main() -> None:
             continue
         if expected.get((version, u)) != got:  # the version names the catalogue too (+1items after the add)
             mixed.append((version, u))
+    # Across processes: once an admin request has answered, every answer that starts later carries its result.
+    versions = {k: json.loads(events[k][1]).get("model_version") for k in ("swap", "add") if events[k][0] == 200}
+    stale = [r for r in log if r[2] == 200 and (
+        (r[0] >= events["swap_end"] and r[0] < events["add_start"] and r[3] != versions.get("swap"))
+        or (r[0] >= events["add_end"] and r[3] != versions.get("add")))]
     evicted = next((line.split()[-1] for line in metrics.splitlines()
                     if line.startswith("retrieval_live_evictions_total ")), "?")
     lat = np.array([r[1] for r in log]) * 1e3
@@ -185,7 +206,11 @@ def main() -> None:
                "after the swap": ts >= events["swap_end"] + 1}
     rows = [[name, int(m.sum()), f"{np.percentile(lat[m], 50):.2f}", f"{np.percentile(lat[m], 99):.2f}"]
             for name, m in windows.items() if m.any()]
-    publish("soak", "Soak: load with a hot swap and a new item", [
+    many = a.workers > 1
+    publish("soak_workers" if many else "soak", "Soak: load with a hot swap and a new item"
+            + (f", {a.workers} service processes" if many else ""), [
+          (f"`python -m serve --workers {a.workers}` (no /events feeder: several processes keep live histories in "
+           "Redis only). " if many else "") +
           f"{a.seconds} s at {a.conns} keep-alive connections (Python clients on the same machine), k={a.k}, "
           f"150 known and 50 unknown users. Swap v1 (Flat) -> v2 (HNSW32) at {a.seconds // 3} s: answered "
           f"{events['swap'][0]} in {events['swap_end'] - events['swap_start']:.2f} s; new item added at "
@@ -200,8 +225,12 @@ def main() -> None:
                f"{fed['posted']:,} ({fed['non-2xx']}, {fed['errors']})"],
               ["users evicted from the in-memory live store (cap 2,000)", evicted],
               ["answers not equal to their version's own answer (mixed or wrong)", f"{len(mixed)}"],
+              ["answers started after the swap (or the add) answered that carry an older version", f"{len(stale)}"],
+              ["the swap's and the add's answers: processes that applied them",
+               "; ".join(f"{k}: {json.loads(events[k][1]).get('processes')}" for k in ("swap", "add")
+                         if events[k][0] == 200)],
               ["resident memory before / after", f"{rss_before:,.0f} MiB / {rss_after:,.0f} MiB"]]), ""])
-    if bad_status or mixed or fed["non-2xx"] or fed["errors"]:
+    if bad_status or mixed or stale or fed["non-2xx"] or fed["errors"]:
         sys.exit(1)
 
 

@@ -1,6 +1,7 @@
 """Training throughput: the real `fit` path against a minimal plain-PyTorch loop, in one run.
 
     python bench/train_throughput.py [--steps 300] [--users 1000000 --items 1000000]
+                                     [--accelerator cuda --precision bf16-mixed]
 
 Real path: RetrievalData (events from Parquet, feature encoders, history bags, dual positives, mixed negatives)
 + TwoTowerModel (auxiliary head, logQ, repeat term; one user vector, and four as configs/demo.yaml) under a
@@ -47,11 +48,25 @@ class Timer(L.Callback):
         return self.n * self.batch / (time.perf_counter() - self.t0)
 
 
+ACCELERATOR, PRECISION = "cpu", "32-true"  # set from the command line
+
+
+def to_device(x, device: torch.device):
+    return {k: to_device(v, device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
+
+
+def autocast():
+    """bf16 autocast on CUDA when --precision bf16-mixed (what Lightning's precision plugin does in fit)."""
+    on = PRECISION == "bf16-mixed" and ACCELERATOR == "cuda"
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on)
+
+
 def real_path(dm: RetrievalData, steps: int, warmup: int, **over) -> float:
     model = TwoTowerModel(dm.item_spec, dm.user_spec, **{**MODEL, **over})
     timer = Timer(warmup, dm.hparams.batch_size)
     trainer = L.Trainer(max_steps=steps + warmup, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], accelerator="cpu")
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+                        accelerator=ACCELERATOR, precision=PRECISION)
     trainer.fit(model, datamodule=dm)
     return timer.rate()
 
@@ -59,7 +74,7 @@ def real_path(dm: RetrievalData, steps: int, warmup: int, **over) -> float:
 def prebuilt(dm: RetrievalData, num_negatives: int, n: int = 64) -> list[dict]:
     """Batches built beforehand and held in memory: no data path in the timing."""
     stream = iter(TrainStream(dm.corpus, dm.hparams.batch_size, num_negatives, None, seed=1))
-    return [next(stream) for _ in range(n)]
+    return [to_device(next(stream), torch.device(ACCELERATOR)) for _ in range(n)]
 
 
 def timed(step, batches: list[dict], steps: int, warmup: int, batch_size: int) -> float:
@@ -67,8 +82,13 @@ def timed(step, batches: list[dict], steps: int, warmup: int, batch_size: int) -
     t0 = None
     for i in range(steps + warmup):
         if i == warmup:
+            if ACCELERATOR == "cuda":
+                torch.cuda.synchronize()
             t0 = time.perf_counter()
-        step(batches[i % len(batches)])
+        with autocast():
+            step(batches[i % len(batches)])
+    if ACCELERATOR == "cuda":
+        torch.cuda.synchronize()
     return steps * batch_size / (time.perf_counter() - t0)
 
 
@@ -87,20 +107,20 @@ def optimizer_step(model: TwoTowerModel):
 
 def model_step(dm: RetrievalData, batches: list[dict], steps: int, warmup: int, **over) -> float:
     """The model's own loss (TwoTowerModel._step) on pre-built batches: no loader, no Lightning."""
-    model = TwoTowerModel(dm.item_spec, dm.user_spec, **{**MODEL, **over})
+    model = TwoTowerModel(dm.item_spec, dm.user_spec, **{**MODEL, **over}).to(ACCELERATOR)
     update = optimizer_step(model)
     return timed(lambda b: update(model._step(b)["total"]), batches, steps, warmup, dm.hparams.batch_size)
 
 
 def plain_loop(dm: RetrievalData, batches: list[dict], steps: int, warmup: int) -> float:
-    model = TwoTowerModel(dm.item_spec, dm.user_spec, **MODEL)
+    model = TwoTowerModel(dm.item_spec, dm.user_spec, **MODEL).to(ACCELERATOR)
     update = optimizer_step(model)
 
     def step(b: dict) -> None:
         u = model.net.user_tower(b["user"])["conversion"]
         p = model.net.item_tower(b["pos"])["conversion"]
         logits = model.net.query(u) @ p.T  # the same folding of temperature and item bias as the model
-        update(F.cross_entropy(logits, torch.arange(len(u))))
+        update(F.cross_entropy(logits, torch.arange(len(u), device=logits.device)))
 
     return timed(step, batches, steps, warmup, dm.hparams.batch_size)
 
@@ -121,7 +141,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--users", type=int, default=1_000_000)
     p.add_argument("--items", type=int, default=1_000_000)
+    p.add_argument("--accelerator", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"],
+                   help="bf16-mixed: autocast on CUDA (tests/retrieval/test_gpu.py checks the loss against fp32)")
     a = p.parse_args()
+    global ACCELERATOR, PRECISION
+    ACCELERATOR, PRECISION = a.accelerator, a.precision
     torch.manual_seed(0)
     t = time.perf_counter()
     world = ensure_world(a.users, a.items)
@@ -149,7 +174,8 @@ def main() -> None:
         ("  the same without uniform negatives (in-batch only)", no_negs),
         ("  the same without the auxiliary head", no_aux),
         ("plain PyTorch loop (same towers and optimizers, in-batch softmax, pre-built batches)", plain)]]
-    publish("train_throughput", "Training throughput", [
+    section = "train_throughput" + ("" if a.accelerator == "cpu" else f"_{a.accelerator}_{a.precision}")
+    publish(section, "Training throughput" + ("" if a.accelerator == "cpu" else f" ({a.accelerator}, {a.precision})"), [
           f"World: {a.users:,} users, {n_items:,} items, {n_events:,} events (generated in {t_world:.0f} s, "
           f"loaded and encoded in {t_load:.0f} s). Batch 1024, {a.steps} timed steps after {a.warmup} warm-up, "
           "embedding tables on SparseAdam, dense layers on Adam.", "",

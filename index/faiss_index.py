@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -13,6 +14,23 @@ FLT_MAX = float(np.finfo(np.float32).max)  # faiss's score of a padding result (
 
 def gpu_count() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+@functools.cache
+def gpu_resources() -> faiss.StandardGpuResources:
+    """One set of GPU resources (scratch memory, streams) per process, shared by its GPU indexes."""
+    return faiss.StandardGpuResources()
+
+
+def to_gpu(index: faiss.Index) -> tuple[faiss.Index, str | None]:
+    """A copy of ``index`` on GPU 0 for searching (Flat and IVF have GPU types in faiss), or ``index`` itself and
+    why not (no GPU that faiss sees; an index type without a GPU implementation, such as HNSW)."""
+    if gpu_count() == 0:
+        return index, "faiss sees no GPU (faiss-cpu installed, or no CUDA device)"
+    try:
+        return faiss.index_cpu_to_gpu(gpu_resources(), 0, index), None
+    except (RuntimeError, AttributeError) as e:
+        return index, f"{type(index).__name__} has no GPU implementation ({str(e).splitlines()[0]})"
 
 
 def build_index(vectors: np.ndarray, factory: str = "Flat", use_gpu: bool | None = None,
@@ -78,28 +96,28 @@ def apply_search_params(index: faiss.Index, params: dict[str, Any]) -> None:
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``index.search`` for the few queries of one request: ([Q, k] scores, [Q, k] rows), best first (rows -1 and score
-    -FLT_MAX past the catalogue's end, as faiss pads).
+    """The top ``k`` of one user's K interest queries [K, D]: (scores, rows) best first, either [K, k] (one list
+    per query, as ``index.search`` returns) or [1, k] (each item once, scored by its best query: the lists
+    already merged). ``served_answer`` and the utility's threshold take either. Rows -1 and scores -FLT_MAX past
+    the catalogue's end, as faiss pads.
 
-    An exact CPU index (IndexFlatIP) is scored as one matrix product over its stored vectors and a partial sort:
-    for fewer queries than ``distance_compute_blas_threshold`` faiss scores item by item into a heap instead of
-    calling BLAS, several times slower at a served catalogue's size. Ties at equal score go to the lower row.
-    Other indexes (HNSW, IVF, GPU) search as faiss does."""
+    An exact CPU index (IndexFlatIP) is scored as one matrix product over its stored vectors, a max over the
+    queries and one partial sort: for fewer queries than ``distance_compute_blas_threshold`` faiss scores item
+    by item into a heap per query instead, several times slower at a served catalogue's size. Ties at equal
+    score go to the lower row. Other indexes (HNSW, IVF, GPU) search as faiss does."""
     if type(index) is not faiss.IndexFlatIP or len(queries) == 0:
         return index.search(queries, k)
     n = index.ntotal
     xb = faiss.rev_swig_ptr(index.get_xb(), n * index.d).reshape(n, index.d)  # [N, D] a view, no copy
-    scores = queries @ xb.T  # [Q, N]
+    best = (queries @ xb.T).max(axis=0)  # [K, N] -> [N] each item's best query (max over contiguous rows)
     m = min(k, n)
-    part = np.argpartition(-scores, m - 1, axis=1)[:, :m] if m < n else np.broadcast_to(np.arange(n), scores.shape)
-    part = np.sort(part, axis=1)  # rows ascending, so the stable sort below breaks ties by row
-    top = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-top, axis=1, kind="stable")
-    rows, top = np.take_along_axis(part, order, axis=1), np.take_along_axis(top, order, axis=1)
-    if m < k:  # faiss pads past the catalogue with -1 rows and -inf scores
-        pad = ((0, 0), (0, k - m))
-        rows, top = np.pad(rows, pad, constant_values=-1), np.pad(top, pad, constant_values=-FLT_MAX)
-    return top.astype(np.float32, copy=False), rows.astype(np.int64, copy=False)
+    part = np.sort(np.argpartition(-best, m - 1)[:m]) if m < n else np.arange(n)  # rows ascending: ties by row
+    rows = part[np.argsort(-best[part], kind="stable")]
+    rows, scores = rows.astype(np.int64), best[rows].astype(np.float32)
+    if m < k:  # faiss pads past the catalogue
+        rows = np.concatenate([rows, np.full(k - m, -1, np.int64)])
+        scores = np.concatenate([scores, np.full(k - m, -FLT_MAX, np.float32)])
+    return scores[None], rows[None]
 
 
 def exact_topk(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,14 +12,13 @@ import tempfile
 from pathlib import Path
 
 import redis
-import torch
 import uvicorn
 from pydantic import SecretStr, ValidationError
 from pydantic_settings import CliApp
 from uvicorn.supervisors import Multiprocess
 
 from index.artifact import ArtifactError, read_manifest
-from serve.app import create_app
+from serve.app import create_app, one_thread
 from serve.limits import HeaderDeadline, ServeConfig
 from serve.settings import Settings
 
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as e:
         sys.exit(f"error: {e}")
     check(settings)
-    torch.set_num_threads(1)  # the user tower runs on the event loop's thread: one request, one core
+    one_thread()
     options = dict(host=settings.host, port=settings.port, loop="uvloop", http=HeaderDeadline,
                    header_timeout_s=settings.header_timeout_s, timeout_keep_alive=settings.keep_alive_s,
                    limit_concurrency=settings.max_connections, log_level=settings.log_level, access_log=False)

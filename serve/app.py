@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager, suppress
 import torch
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from threadpoolctl import threadpool_limits
 
 from index.artifact import read_manifest
 from serve import admin, candidates, events, health
@@ -58,8 +59,16 @@ def create_app(settings: Settings) -> FastAPI:
 def from_env() -> FastAPI:
     """The app of the settings in the environment: what each worker of ``python -m serve --workers N`` runs
     (uvicorn imports it by name in every process it spawns)."""
-    torch.set_num_threads(1)  # as in serve.__main__: the user tower runs on the event loop's thread
+    one_thread()
     return create_app(Settings())
+
+
+def one_thread() -> None:
+    """One request, one core: the user tower and the searches run on the event loop's thread, and a thread pool
+    of torch, BLAS or OpenMP would fight the other processes (and the other requests) for the cores; processes
+    (``--workers``) are how the service uses more."""
+    torch.set_num_threads(1)
+    threadpool_limits(1)  # numpy's BLAS (the exact search's matrix product) and OpenMP
 
 
 async def follow(svc: Service) -> None:

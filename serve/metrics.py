@@ -51,7 +51,11 @@ class Metrics:
                              registry=self.registry, multiprocess_mode="liveall")
 
     def set_version(self, version: str) -> None:
-        self.version.clear()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # labels cannot be removed there: the old ones read 0
+            for (old,) in list(self.version._metrics):
+                self.version.labels(model_version=old).set(0)
+        else:
+            self.version.clear()
         self.version.labels(model_version=version).set(1)
 
     def render(self) -> tuple[bytes, str]:

@@ -112,7 +112,7 @@ class Service:
     def load(self, path: Path) -> Served:
         """An artifact, validated whole (its model too) before it may serve; a swap keeps the id types the
         service's request schemas were made for."""
-        new = load_served(path)
+        new = load_served(path, gpu=self.settings.gpu)
         old = self.served
         if old is not None and (new.manifest.item_id_type, new.manifest.user_id_type) != (
                 old.manifest.item_id_type, old.manifest.user_id_type):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from index.artifact import ArtifactError, Manifest, head_column, read_manifest
-from index.faiss_index import apply_search_params, search
+from index.faiss_index import apply_search_params, search, to_gpu
 from retrieval.answer import isin_few, search_width, served_answer
 from retrieval.calibration import Platt
 from retrieval.checkpoint import CheckpointError, Trained, load_trained
@@ -98,6 +98,7 @@ class Served:
     user_static: dict[str, np.ndarray]  # per user row, the user tower's own inputs (ID row, features)
     blank_static: dict[str, np.ndarray]  # the same for a user the model never saw: [1, ...], all missing
     calibration: dict[str, Platt]  # the calibrated heads: p_<head> = calibration[head](score)
+    gpu: dict[str, faiss.Index] = field(default_factory=dict)  # per head, a GPU copy that searches (--gpu)
     added: int = 0  # items added since load (no retraining; not persisted)
     added_digest: str = ""  # a hash chained over every add, so two catalogues never share a version string
 
@@ -116,6 +117,11 @@ class Served:
         in another's catalogue, and the version says so."""
         base = self.manifest.model_version
         return base if not self.added else f"{base}+{self.added}items.{self.added_digest[:8]}"
+
+    def searcher(self, head: str) -> faiss.Index:
+        """What searches a head: its GPU copy with --gpu, else the index itself."""
+        g = self.gpu.get(head)
+        return self.indexes[head] if g is None else g
 
     def item_id_list(self, rows: np.ndarray) -> list[Any]:
         return self.item_ids[rows].tolist()
@@ -151,7 +157,7 @@ class Served:
 
     def _search(self, state: UserState) -> Callable[[str, int], tuple[np.ndarray, np.ndarray]]:
         def head_search(head: str, m: int) -> tuple[np.ndarray, np.ndarray]:
-            scores, rows = search(self.indexes[head], state.vecs[head], m)  # [K, m]
+            scores, rows = search(self.searcher(head), state.vecs[head], m)  # [K, m]
             return rows, scores
         return head_search
 
@@ -179,7 +185,7 @@ class Served:
         certified = True
         if utility is None:
             want = search_width(k, len(state.hist_rows), 0 if exclude is None else len(exclude), self.index.ntotal)
-            scores, rows = search(self.index, state.vecs[SERVED], want)  # [K, want]
+            scores, rows = search(self.searcher(SERVED), state.vecs[SERVED], want)  # [K, want]
             rows, scores = served_answer(rows, scores, state.hist_rows, state.hist_scores[SERVED], k, exclude)
             per_head = {**self._exact(state)(rows), SERVED: scores} if with_scores else {SERVED: scores}
         else:
@@ -247,13 +253,14 @@ class Served:
         for h, ix in self.indexes.items():
             indexes[h] = faiss.clone_index(ix)  # copy-on-write: requests in flight keep the old index
             indexes[h].add(vecs[h])
+        gpu = {h: to_gpu(indexes[h])[0] for h in self.gpu}  # a fresh GPU copy of each index it held
         digest = hashlib.blake2b(self.added_digest.encode() + repr(new_ids.tolist()).encode() + vecs[SERVED].tobytes(),
                                  digest_size=16).hexdigest()
         n = self.index.ntotal
         all_rows = np.arange(n + len(new_ids))
         lookups = {name: np.concatenate([v, x[name.removeprefix("hist_") if name != "hist_items" else "id"]])
                    for name, v in self.live.lookups.items()}  # a live history naming a new item reads these
-        return replace(self, indexes=indexes, item_ids=np.concatenate([self.item_ids, new_ids]),
+        return replace(self, indexes=indexes, gpu=gpu, item_ids=np.concatenate([self.item_ids, new_ids]),
                        items=self.items.with_ids(new_ids.tolist(), n), live=LiveState(self.live.config, lookups),
                        popular_rows=np.concatenate([self.popular_rows, all_rows[n:]]),
                        popular_scores=np.concatenate([self.popular_scores, np.zeros(len(new_ids), np.float32)]),
@@ -307,8 +314,23 @@ def _inputs(table: pa.Table, name: str) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False).copy()
 
 
-def load_served(folder: str | Path) -> Served:
-    """Load and validate an artifact folder; any inconsistency is an ArtifactError saying which."""
+def on_gpu(indexes: dict[str, faiss.Index]) -> dict[str, faiss.Index]:
+    """GPU copies of the indexes that have a GPU type (Flat, IVF); one log line for those that stay on the CPU."""
+    out, why = {}, {}
+    for h, ix in indexes.items():
+        g, reason = to_gpu(ix)
+        if reason is None:
+            out[h] = g
+        else:
+            why[h] = reason
+    if why:
+        log.warning("serve: --gpu: searching on the CPU for head(s) %s: %s", sorted(why), "; ".join(set(why.values())))
+    return out
+
+
+def load_served(folder: str | Path, gpu: bool = False) -> Served:
+    """Load and validate an artifact folder; any inconsistency is an ArtifactError saying which. gpu: search
+    from GPU copies of the indexes where faiss can (:func:`on_gpu`)."""
     folder = Path(folder)
     m = read_manifest(folder)
     indexes = {h: _index(folder, spec["index"], m) for h, spec in m.heads.items()}
@@ -369,6 +391,7 @@ def load_served(folder: str | Path) -> Served:
         history_scores={h: hs.values.to_numpy() for h, hs in history_score.items()},
         calibration={h: Platt.from_dict(spec["calibration"]) for h, spec in m.heads.items() if spec["calibration"]},
         popular_rows=np.concatenate([pop_rows, rest]), popular_scores=pop_scores, model=trained,
+        gpu=on_gpu(indexes) if gpu else {},
     )
     # Parquet decoding leaves freed buffers in pyarrow's allocator, which the service would keep resident; the
     # decoded tables go first (combine_chunks copied their columns), then the pool gives the memory back.

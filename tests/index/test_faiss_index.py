@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
@@ -12,7 +13,9 @@ from index.faiss_index import (
     exact_topk,
     gpu_count,
     measure_recall,
+    search,
 )
+from retrieval.answer import merge_interests
 
 
 def vectors(n=2000, d=16, seed=0):
@@ -75,3 +78,36 @@ def test_gpu_build_equals_cpu_build():
     ivf = build_index(x, "IVF64,Flat", use_gpu=True)
     apply_search_params(ivf, {"nprobe": 16})
     assert measure_recall(ivf, x, q, 10) > 0.9
+
+
+@pytest.mark.parametrize("queries", [1, 4])
+@pytest.mark.parametrize("k", [1, 37, 500, 505])
+def test_search_of_a_flat_index_is_faiss_merged_by_best_query(queries, k):
+    """The service's search of an exact index (one matrix product, a max over the queries, a partial sort) is
+    faiss's per-query answer merged by best score: the same rows in the same order, the same scores, faiss's
+    padding past the catalogue's end."""
+    rng = np.random.default_rng(queries * 1000 + k)
+    xb = rng.standard_normal((500, 24)).astype(np.float32)
+    q = rng.standard_normal((queries, 24)).astype(np.float32)
+    index = faiss.IndexFlatIP(24)
+    index.add(xb)
+    want_s, want_r = index.search(q, k)
+    want_r, want_s = merge_interests(want_r, want_s)
+    got_s, got_r = search(index, q, k)
+    assert got_r.shape == got_s.shape == (1, k) and got_r.dtype == np.int64
+    real = got_r[0] >= 0
+    np.testing.assert_array_equal(got_r[0][real], want_r[:k][want_r[:k] >= 0])
+    np.testing.assert_allclose(got_s[0][real], want_s[:k][want_r[:k] >= 0], rtol=1e-5, atol=1e-5)
+    assert (got_r[0][~real] == -1).all() and (got_s[0][~real] == -np.finfo(np.float32).max).all()
+    assert real.sum() == min(k, 500)
+
+
+def test_search_breaks_ties_by_row_and_passes_other_indexes_to_faiss():
+    index = faiss.IndexFlatIP(2)
+    index.add(np.array([[1, 0], [0, 1], [1, 0], [0.5, 0]], np.float32))
+    _, rows = search(index, np.array([[1, 0]], np.float32), 3)
+    assert rows.tolist() == [[0, 2, 3]]
+    hnsw = faiss.IndexHNSWFlat(2, 8, faiss.METRIC_INNER_PRODUCT)
+    hnsw.add(np.array([[1, 0], [0, 1]], np.float32))
+    scores, rows = search(hnsw, np.array([[0, 1], [1, 0]], np.float32), 1)  # one list per query
+    assert rows.tolist() == [[1], [0]]

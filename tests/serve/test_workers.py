@@ -6,6 +6,7 @@ In-process, each app stands for a worker (its own event loop, state and follower
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -138,7 +139,7 @@ def test_two_real_workers_serve_one_version_through_swap_add_and_a_crash(root, t
         assert set(acks().values()) == {added}
         assert {get(port, "/candidates?user=1&k=3")["model_version"] for _ in range(40)} == {added}
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-        assert metrics.count(f'retrieval_artifact_info{{model_version="{added}"') == 2  # one per live worker
+        assert len(re.findall(rf'retrieval_artifact_info{{model_version="{re.escape(added)}",pid="\d+"}} 1.0', metrics)) == 2
         first = set(acks())
         os.kill(min(first), signal.SIGKILL)
         wait(lambda: any(pid not in first and v == added for pid, v in acks().items()), "replacement replays")
