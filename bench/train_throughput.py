@@ -143,7 +143,7 @@ def main() -> None:
     p.add_argument("--items", type=int, default=1_000_000)
     p.add_argument("--accelerator", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"],
-                   help="bf16-mixed: autocast on CUDA (tests/retrieval/test_gpu.py checks the loss against fp32)")
+                   help="bf16-mixed: autocast on CUDA (tests/retrieval/test_train_gpu.py checks the loss against fp32)")
     a = p.parse_args()
     global ACCELERATOR, PRECISION
     ACCELERATOR, PRECISION = a.accelerator, a.precision
