@@ -6,8 +6,8 @@ In-process, each app stands for a worker (its own event loop, state and follower
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,7 +23,7 @@ from helpers import AUTH, ROOT, TOKEN
 
 from index.artifact import read_manifest
 from serve.app import create_app
-from serve.journal import Journal
+from serve.journal import Journal, replay_from
 from serve.settings import Settings
 
 NEW = {"item_id": 7_777_777, "category": "c1", "brand": "b9", "price": 30.0, "rating": 4.5}
@@ -83,8 +83,6 @@ def test_one_process_answers_without_a_journal(client):
 
 
 def test_replay_keeps_the_last_swap_and_the_adds_after_it(tmp_path):
-    from serve.journal import replay_from
-
     ops = [{"op": "items", "items": [1]}, {"op": "swap", "path": "a"}, {"op": "items", "items": [2]},
            {"op": "swap", "path": "b"}, {"op": "items", "items": [3]}]
     assert replay_from(ops) == ops[3:]
