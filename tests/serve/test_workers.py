@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from helpers import AUTH, ROOT, TOKEN
 
 from index.artifact import read_manifest
+from serve.__main__ import check, worker_env
 from serve.app import create_app
 from serve.journal import Journal, replay_from
 from serve.settings import Settings
@@ -154,3 +155,26 @@ def _up(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_several_workers_with_events_and_no_redis_are_refused_at_start(root):
+    """Each process would keep its own live histories: a user's next request may reach another."""
+    with pytest.raises(SystemExit, match="RETRIEVAL_REDIS_URL"):
+        check(Settings(artifacts=root / "v1", workers=2, events_token="t"))
+    check(Settings(artifacts=root / "v1", workers=2))  # no /events: nothing to share
+    check(Settings(artifacts=root / "v1", workers=1, events_token="t"))
+
+
+def test_worker_env_carries_every_setting_to_the_spawned_workers(root, tmp_path):
+    s = Settings(artifacts=root / "v1", workers=2, admin_token=TOKEN, gpu=True, max_k=50)
+    env = worker_env(s, tmp_path)
+    assert env["RETRIEVAL_ADMIN_TOKEN"] == TOKEN and env["RETRIEVAL_CONTROL_DIR"] == str(tmp_path)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        again = Settings()  # what serve.app.from_env reads in each worker
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert again.model_dump(exclude={"control_dir"}) == s.model_dump(exclude={"control_dir"})
+    assert again.control_dir == tmp_path
