@@ -49,14 +49,16 @@ class Metrics:
         self.swap_failures = Counter("retrieval_swap_failures_total", "artifact swaps refused", registry=self.registry)
         self.version = Gauge("retrieval_artifact_info", "the artifact being served", ["model_version"],
                              registry=self.registry, multiprocess_mode="liveall")
+        self.shown: str | None = None  # the version the gauge says now
 
     def set_version(self, version: str) -> None:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # labels cannot be removed there: the old ones read 0
-            for (old,) in list(self.version._metrics):
-                self.version.labels(model_version=old).set(0)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # labels cannot be removed there: the old one reads 0
+            if self.shown is not None:
+                self.version.labels(model_version=self.shown).set(0)
         else:
             self.version.clear()
         self.version.labels(model_version=version).set(1)
+        self.shown = version
 
     def render(self) -> tuple[bytes, str]:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # every worker's values, from their files
