@@ -24,6 +24,7 @@ from serve.store import Served, load_served
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class Service:
     settings: Settings
