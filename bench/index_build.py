@@ -70,6 +70,7 @@ def main() -> None:
     t = time.perf_counter()
     items = embed_items(model, dm.corpus, progress=False)
     t_embed = time.perf_counter() - t
+    n_embedded = len(items)
     rng = np.random.default_rng(0)
     users = embed_users(model, dm.corpus, items, progress=False)[0][rng.choice(len(dm.corpus.events.user_vocab), 1000, replace=False)]
     users = users.reshape(-1, items.shape[1])  # one query per interest vector
@@ -96,8 +97,8 @@ def main() -> None:
         print(rows[-1], flush=True)
     publish("index_build" + ("_gpu" if a.gpu else "") + (f"_x{a.scale}" if a.scale > 1 else ""),
             f"Index build ({len(items):,} items{', GPU' if a.gpu else ''})", [
-          (f"{len(items) // a.scale:,} items tiled {a.scale} times with noise (sd 0.01); " if a.scale > 1 else "") +
-          f"{len(items) // a.scale:,} items embedded by the item tower in {t_embed:.1f} s ({len(items) / t_embed:,.0f} items/s, "
+          (f"{n_embedded:,} items tiled {a.scale} times with noise (sd 0.01); " if a.scale > 1 else "") +
+          f"{n_embedded:,} items embedded by the item tower in {t_embed:.1f} s ({n_embedded / t_embed:,.0f} items/s, "
           f"batch 8192, dim {items.shape[1]}); model trained {a.train_steps} steps on the 1M-user world. "
           "Recall@100 against exact search on 1000 users; latency: one query at a time on one thread "
           "(300 queries); throughput: 1000 queries in one batch on all cores"

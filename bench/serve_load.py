@@ -79,6 +79,12 @@ def rss_mib(pid: int) -> float:
     return int(m.group(1)) / 1024
 
 
+def tree_rss(pid: int) -> float:
+    """Resident MiB of a process and its children (the workers of `--workers N`)."""
+    kids = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    return rss_mib(pid) + sum(tree_rss(c) for c in kids)
+
+
 def wrk(port: int, conns: int, seconds: int, script: str) -> dict:
     out = subprocess.run(["wrk", f"-t{min(conns, 2)}", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", script,
                           f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True).stdout
@@ -173,7 +179,7 @@ def main() -> None:
                                  str(ports[name]), "--log_level", "warning", "--workers", str(w)], ports[name])
             if w > 1:
                 time.sleep(5)  # every worker up, not only the first that answered
-            idle[name] = rss_mib(procs[name].pid) if w == 1 else float("nan")
+            idle[name] = tree_rss(procs[name].pid)
         body.write_bytes(urllib.request.urlopen(f"http://127.0.0.1:{ports[names[0]]}/candidates?user=1&k=100").read())
         for name, kind in zip(names[len(ks):], ("async def", "def"), strict=True):
             procs[name] = start([sys.executable, "-c", CEILING % kind, str(body), str(ports[name])], ports[name])
@@ -186,8 +192,7 @@ def main() -> None:
         for _ in range(a.rounds):
             for (name, c), runs in rounds.items():
                 runs.append(wrk(ports[name], c, a.seconds, str(utility_script if name in utility_names else script)))
-        loaded = {name: rss_mib(procs[name].pid) if w == 1 else float("nan")
-                  for (_, w), name in zip(ks, names, strict=False)}
+        loaded = {name: tree_rss(procs[name].pid) for name in names[:len(ks)]}
     finally:
         for proc in procs.values():
             proc.terminate()
@@ -205,11 +210,9 @@ def main() -> None:
 
     memory = []
     for (k, w), name in zip(ks, names, strict=False):
-        if w > 1:
-            continue
         files = ["items.parquet", "users.parquet", *(h["index"] for h in manifests[k]["heads"].values())]
         data_mib = sum((arts[k] / f).stat().st_size for f in files) / 2**20
-        memory.append(f"{k} vector(s): {idle[name]:,.0f} MiB after load, {loaded[name]:,.0f} MiB after the runs; "
+        memory.append(f"{k} vector(s)" + (f", {w} processes together" if w > 1 else "") + f": {idle[name]:,.0f} MiB after load, {loaded[name]:,.0f} MiB after the runs; "
                       f"{len(manifests[k]['heads'])} heads' indexes + item and user embeddings on disk "
                       f"{data_mib:,.0f} MiB (ratio {loaded[name] / data_mib:.2f})")
     m = manifests[ks[0][0]]

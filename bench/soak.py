@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import ROOT, publish, table  # noqa: E402
-from bench.serve_load import rss_mib, wait_ready  # noqa: E402
+from bench.serve_load import tree_rss, wait_ready  # noqa: E402
 from index.build import build  # noqa: E402
 from serve.store import load_served  # noqa: E402
 
@@ -110,12 +110,6 @@ def feeder(port: int, stop: threading.Event, out: dict, items: list) -> None:
         except (OSError, http.client.HTTPException):
             out["errors"] += 1
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-
-
-def tree_rss(pid: int) -> float:
-    """Resident MiB of a process and its children (the workers of `--workers N`)."""
-    kids = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
-    return rss_mib(pid) + sum(tree_rss(c) for c in kids)
 
 
 def admin(port: int, path: str, payload: dict) -> tuple[int, str]:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning as L  # noqa: E402
+from lightning.pytorch.utilities import move_data_to_device  # noqa: E402
 
 from bench.big_world import data_kwargs, ensure_world  # noqa: E402
 from bench.report import publish, table  # noqa: E402
@@ -51,10 +52,6 @@ class Timer(L.Callback):
 ACCELERATOR, PRECISION = "cpu", "32-true"  # set from the command line
 
 
-def to_device(x, device: torch.device):
-    return {k: to_device(v, device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
-
-
 def autocast():
     """bf16 autocast on CUDA when --precision bf16-mixed (what Lightning's precision plugin does in fit)."""
     on = PRECISION == "bf16-mixed" and ACCELERATOR == "cuda"
@@ -74,7 +71,7 @@ def real_path(dm: RetrievalData, steps: int, warmup: int, **over) -> float:
 def prebuilt(dm: RetrievalData, num_negatives: int, n: int = 64) -> list[dict]:
     """Batches built beforehand and held in memory: no data path in the timing."""
     stream = iter(TrainStream(dm.corpus, dm.hparams.batch_size, num_negatives, None, seed=1))
-    return [to_device(next(stream), torch.device(ACCELERATOR)) for _ in range(n)]
+    return [move_data_to_device(next(stream), ACCELERATOR) for _ in range(n)]
 
 
 def timed(step, batches: list[dict], steps: int, warmup: int, batch_size: int) -> float:

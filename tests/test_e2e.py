@@ -5,26 +5,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from helpers import ROOT, fit_args
+from helpers import ROOT, fit_args, free_port
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     r = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"{args}: {r.stderr[-3000:]}"
     return r
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> tuple[int, dict]:

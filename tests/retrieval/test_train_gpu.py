@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import fit_args
+from lightning.pytorch.utilities import move_data_to_device
 
 from retrieval.checkpoint import load_trained
 from retrieval.cli import main
@@ -21,10 +22,6 @@ def cuda() -> torch.device:
     return torch.device("cuda")
 
 
-def to(x, device):
-    return {k: to(v, device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
-
-
 @pytest.mark.parametrize("interests", [1, 4])
 def test_bf16_autocast_loss_is_within_tolerance_of_fp32(tiny_world, tmp_path, interests):
     device = cuda()
@@ -34,7 +31,7 @@ def test_bf16_autocast_loss_is_within_tolerance_of_fp32(tiny_world, tmp_path, in
     dm = cli.datamodule
     stream = iter(TrainStream(dm.corpus, 128, 64, 0.25, seed=3))
     for _ in range(3):
-        batch = to(next(stream), device)
+        batch = move_data_to_device(next(stream), device)
         fp32 = {k: float(v) for k, v in model._step(batch).items()}
         with torch.autocast("cuda", dtype=torch.bfloat16):
             bf16 = {k: float(v) for k, v in model._step(batch).items()}

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from helpers import AUTH, ROOT, TOKEN
+from helpers import AUTH, ROOT, TOKEN, free_port
 
 from serve.app import create_app
 from serve.settings import Settings
@@ -79,9 +79,7 @@ def test_max_k_bounds_the_default_k(root):
 @pytest.fixture(scope="module")
 def server(root):
     """`python -m serve` on a free port with 1 s header and body deadlines."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "RETRIEVAL_HEADER_TIMEOUT_S": "1", "RETRIEVAL_BODY_TIMEOUT_S": "1",
            "RETRIEVAL_ADMIN_TOKEN": TOKEN}
     proc = subprocess.Popen([sys.executable, "-m", "serve", "--artifacts", str(root / "v1"), "--port", str(port)],

@@ -16,13 +16,7 @@ import time
 import httpx
 import pyarrow.parquet as pq
 import pytest
-from helpers import AUTH, ROOT, TOKEN
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import AUTH, ROOT, TOKEN, free_port
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import AUTH, ROOT, TOKEN
+from helpers import AUTH, ROOT, TOKEN, free_port
 
 from index.artifact import read_manifest
 from serve.__main__ import check, worker_env
@@ -95,12 +94,6 @@ def test_replay_keeps_the_last_swap_and_the_adds_after_it(tmp_path):
     with open(j.path, "ab") as f:
         f.write(b'ems":[2]}\n')
     assert j.pending() == [{"op": "items", "items": [2]}] and j.applied == 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(port: int, path: str, body: dict | None = None) -> dict:
