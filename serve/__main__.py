@@ -4,6 +4,7 @@ one through a journal in a fresh folder (serve/journal.py), removed when the ser
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -18,6 +19,7 @@ from pydantic_settings import CliApp
 from uvicorn.supervisors import Multiprocess
 
 from index.artifact import ArtifactError, read_manifest
+from serve.admission import Admission
 from serve.app import create_app, one_thread
 from serve.limits import HeaderDeadline, ServeConfig
 from serve.settings import Settings
@@ -44,6 +46,8 @@ def worker_env(settings: Settings, control: Path) -> dict[str, str]:
     env = {}
     for name, value in settings.model_dump(exclude_none=True).items():
         value = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(value, frozenset):  # pydantic-settings reads a collection from the environment as JSON
+            value = json.dumps(sorted(value))
         env[f"RETRIEVAL_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     env["RETRIEVAL_CONTROL_DIR"] = str(control)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(control / "metrics")  # read by prometheus-client at import
@@ -58,7 +62,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {e}")
     check(settings)
     one_thread()
-    options = dict(host=settings.host, port=settings.port, loop="uvloop", http=HeaderDeadline,
+    admission = Admission(settings.connection_rate, settings.connection_burst, settings.connection_max_wait_s,
+                          settings.unlimited_addresses)
+    options = dict(host=settings.host, port=settings.port, loop="uvloop", http=HeaderDeadline, admission=admission,
                    header_timeout_s=settings.header_timeout_s, timeout_keep_alive=settings.keep_alive_s,
                    limit_concurrency=settings.max_connections, log_level=settings.log_level, access_log=False)
     if settings.workers == 1:

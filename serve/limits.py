@@ -10,11 +10,13 @@ from typing import Any
 
 import orjson
 import uvicorn
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from serve.admission import Admission
 
 MAX_PARAMS = 16  # more query parameters than any endpoint takes: refused whole, before looking at each
 MAX_NAME = 64  # an unknown parameter's name is echoed in the error up to this length
@@ -119,12 +121,25 @@ async def _refuse(send, status: int, detail: str | list, headers: list | None = 
 
 
 class ServeConfig(uvicorn.Config):
-    """uvicorn's Config with the header deadline of :class:`HeaderDeadline`. A module-level class: with several
-    workers uvicorn pickles the config into each spawned process."""
+    """uvicorn's Config with the header deadline of :class:`HeaderDeadline` and the admission of new connections
+    (serve/admission.py). A module-level class: with several workers uvicorn pickles the config into each spawned
+    process, which then keeps its own admission schedule."""
 
-    def __init__(self, app, header_timeout_s: float, **kwargs):
+    def __init__(self, app, header_timeout_s: float, admission: Admission | None = None, **kwargs):
         super().__init__(app, **kwargs)
         self.header_timeout_s = header_timeout_s
+        self.admission = admission
+
+    def load(self) -> None:
+        """uvicorn's load, then the admission counts its delays and refusals in the app's metrics."""
+        super().load()
+        app = self.loaded_app
+        for _ in range(8):  # uvicorn's wrappers (proxy headers, ASGI2, message logger) keep what they wrap in .app
+            if isinstance(app, FastAPI):
+                break
+            app = getattr(app, "app", None)
+        if self.admission is not None and isinstance(app, FastAPI):
+            self.admission.metrics = app.state.service.metrics
 
 
 class HeaderDeadline(HttpToolsProtocol):
@@ -135,6 +150,9 @@ class HeaderDeadline(HttpToolsProtocol):
 
     _deadline: asyncio.TimerHandle | None = None
     _refused = False
+    _made = False  # uvicorn's connection_made ran: not for a connection refused or still waiting for admission
+    _turn: asyncio.TimerHandle | None = None  # a connection waiting for admission: when it will be read
+    _early: tuple | list = ()  # bytes that arrived while it waited (none: its reading is paused)
 
     def _arm(self) -> None:
         self._disarm()
@@ -150,8 +168,32 @@ class HeaderDeadline(HttpToolsProtocol):
             self.transport.close()
 
     def connection_made(self, transport) -> None:
+        admission: Admission | None = self.config.admission
+        wait = 0.0
+        if admission is not None:
+            peer = transport.get_extra_info("peername")
+            wait = admission.wait(peer[0] if isinstance(peer, tuple) else None, self.loop.time())
+        if wait is None:  # over the address's rate: refused unread
+            self._refused = True
+            transport.write(admission.refusal)
+            transport.close()
+        elif wait > 0:  # its turn comes later: unread (the kernel holds what it sends) until then
+            transport.pause_reading()
+            self._turn = self.loop.call_later(wait, self._admit, transport)
+            self._early: list[bytes] = []
+        else:
+            self._admit(transport)
+
+    def _admit(self, transport) -> None:
+        if self._turn is not None:
+            self._turn = None
+            self.config.admission.done_waiting()
+            transport.resume_reading()
+        self._made = True
         super().connection_made(transport)
         self._arm()
+        for data in self._early:
+            self.data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -171,8 +213,10 @@ class HeaderDeadline(HttpToolsProtocol):
             super().send_400_response(msg)
 
     def data_received(self, data: bytes) -> None:
-        if not self._refused:
+        if self._made and not self._refused:
             super().data_received(data)
+        elif self._turn is not None:  # not expected while reading is paused; kept for when its turn comes
+            self._early.append(data)
 
     def on_headers_complete(self) -> None:
         self._disarm()
@@ -180,5 +224,10 @@ class HeaderDeadline(HttpToolsProtocol):
 
     def connection_lost(self, exc) -> None:
         self._disarm()
-        super().connection_lost(exc)
+        if self._turn is not None:  # the client left while waiting for admission
+            self._turn.cancel()
+            self._turn = None
+            self.config.admission.done_waiting()
+        if self._made:
+            super().connection_lost(exc)
 

@@ -46,6 +46,11 @@ class Metrics:
                                            registry=self.registry)
         self.live_evictions = Counter("retrieval_live_evictions_total", "users evicted from the in-memory live store",
                                       registry=self.registry)
+        self.connections_delayed = Counter("retrieval_connections_delayed_total", "new connections that waited "
+                                           "for their turn: their address was over its rate (serve/admission.py)",
+                                           registry=self.registry)
+        self.connections_refused = Counter("retrieval_connections_refused_total", "new connections refused unread "
+                                           "(429): their address was too far over its rate", registry=self.registry)
         self.swap_failures = Counter("retrieval_swap_failures_total", "artifact swaps refused", registry=self.registry)
         self.version = Gauge("retrieval_artifact_info", "the artifact being served", ["model_version"],
                              registry=self.registry, multiprocess_mode="liveall")

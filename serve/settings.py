@@ -27,6 +27,14 @@ class Settings(BaseSettings):
     keep_alive_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
     max_connections: int = Field(2048, ge=1, description="open connections and requests in flight before new "
                                  "requests get 503 (uvicorn's limit_concurrency); keep under the open-file limit")
+    connection_rate: float = Field(100.0, ge=0, description="new connections a second one client address may "
+                                   "open (after connection_burst at once) before the next ones wait unread for "
+                                   "their turn; 0 = no limit (serve/admission.py)")
+    connection_burst: int = Field(50, ge=1, description="new connections one address may open at once")
+    connection_max_wait_s: float = Field(1.0, ge=0, description="a new connection whose turn is further away is "
+                                         "refused (429, unread)")
+    unlimited_addresses: frozenset[str] = Field(frozenset(), description="client addresses never paced, e.g. a "
+                                                "front proxy's (JSON list)")
     events_token: SecretStr | None = Field(None, description="bearer token of POST /events; unset = /events disabled")
     redis_url: str | None = Field(None, description="Redis for the live histories (e.g. redis://127.0.0.1:6379/0): "
                                   "shared by every process, kept across restarts; unset = this process's memory")

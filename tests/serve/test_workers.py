@@ -159,7 +159,8 @@ def test_several_workers_with_events_and_no_redis_are_refused_at_start(root):
 
 
 def test_worker_env_carries_every_setting_to_the_spawned_workers(root, tmp_path):
-    s = Settings(artifacts=root / "v1", workers=2, admin_token=TOKEN, gpu=True, max_k=50)
+    s = Settings(artifacts=root / "v1", workers=2, admin_token=TOKEN, gpu=True, max_k=50,
+                 unlimited_addresses=frozenset({"10.0.0.1", "10.0.0.2"}))
     env = worker_env(s, tmp_path)
     assert env["RETRIEVAL_ADMIN_TOKEN"] == TOKEN and env["RETRIEVAL_CONTROL_DIR"] == str(tmp_path)
     old = {k: os.environ.get(k) for k in env}
