@@ -1,12 +1,13 @@
 """Live serving under load: GET /candidates against POST /candidates with fresh events, and POST /events.
 
-    python bench/live_load.py [--artifact DIR] [--events 20] [--seconds 5] [--rounds 3]
+    python bench/live_load.py [--artifact DIR] [--events 20] [--seconds 5] [--rounds 3] [--section live_load]
 
 Default artifact: the 1M-item world's (bench/big_world.py, HNSW32, one user vector; built when missing). One
 service process, with the live store in a real redis-server started here on loopback. wrk drives, at 1 and 16
 connections, rows taking turns for a few rounds: GET for known users (the stored answer), POST /candidates with
-``--events`` fresh events of catalogue items for known users (the user tower runs at request time), and POST
-/events in batches of 100 (events/s = requests/s x 100). Writes the "live_load" section of docs/benchmarks.md.
+``--events`` fresh events of catalogue items for known users (the user tower runs at request time; the users of
+requests that arrive together are embedded in one run, serve/batcher.py), the same against a second service that
+embeds each user alone (``--live_batch 1``), and POST /events in batches of 100 (events/s = requests/s x 100). Writes the "live_load" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -56,6 +59,7 @@ def main() -> None:
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--port", type=int, default=8770)
+    p.add_argument("--section", default="live_load", help="the section of docs/benchmarks.md to write")
     a = p.parse_args()
     art = Path(a.artifact) if a.artifact else ensure_artifact(1, "HNSW32")
     m = json.loads((art / "manifest.json").read_text())
@@ -81,21 +85,28 @@ def main() -> None:
     time.sleep(0.5)
     env = {**os.environ, "RETRIEVAL_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "RETRIEVAL_EVENTS_TOKEN": TOKEN}
     os.environ.update(env)
-    srv = None
+    servers = []
+    alone_port = a.port + 2  # the same service embedding each live user alone (RETRIEVAL_LIVE_BATCH=1)
     try:
-        srv = start([sys.executable, "-m", "serve", "--artifacts", str(art), "--port", str(a.port),
-                     "--log_level", "warning", "--max_request_events", str(max(a.events, 200))], a.port)
-        idle = rss_mib(srv.pid)
-        names = {"GET /candidates (known users, stored answer)": get,
-                 f"POST /candidates with {a.events} fresh events (user tower per request)": post,
-                 "POST /events, batches of 100 events (Redis)": events}
+        cmd = [sys.executable, "-m", "serve", "--artifacts", str(art), "--log_level", "warning",
+               "--max_request_events", str(max(a.events, 200))]
+        servers.append(start([*cmd, "--port", str(a.port)], a.port))
+        servers.append(start([*cmd, "--port", str(alone_port), "--live_batch", "1"], alone_port))
+        idle = rss_mib(servers[0].pid)
+        post_name = f"POST /candidates with {a.events} fresh events (user tower at request time)"
+        alone_name = "the same, each user embedded alone (`--live_batch 1`)"
+        names = {"GET /candidates (known users, stored answer)": (get, a.port), post_name: (post, a.port),
+                 alone_name: (post, alone_port), "POST /events, batches of 100 events (Redis)": (events, a.port)}
         rounds = {(n, c): [] for n in names for c in (1, 16)}
         for _ in range(a.rounds):
             for (n, c), runs in rounds.items():
-                runs.append(wrk(a.port, c, a.seconds, names[n]))
-        loaded = rss_mib(srv.pid)
+                runs.append(wrk(names[n][1], c, a.seconds, names[n][0]))
+        loaded = rss_mib(servers[0].pid)
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{a.port}/metrics", timeout=10).read().decode()
+        batch = {m.group(1): float(m.group(2)) for m in re.finditer(
+            r"^retrieval_live_batch_users_(sum|count) (\S+)$", scraped, re.M)}
     finally:
-        if srv is not None:
+        for srv in servers:
             srv.terminate()
             srv.wait()
         redis.terminate()
@@ -110,14 +121,17 @@ def main() -> None:
                 f"{r['rps'] / rows[(get_name, c)]['rps']:.2f}", f"{r['p50']:.2f}", f"{r['p90']:.2f}",
                 f"{r['p99']:.2f}", r["errors"], r["socket"]]
 
-    publish("live_load", "Live serving under load", [
+    publish(a.section, "Live serving under load" + (f": {art.name}" if a.artifact else ""), [
         f"Artifact: {m['n_items']:,} items, {m['n_users']:,} users, `{m['factory']}`, {m['interests']} user "
         f"vector(s), dim {m['embedding_dim']}; one service process (torch on one thread) with its live store in "
         f"redis-server on loopback. wrk {a.seconds} s per row in each of {a.rounds} rounds, rows taking turns; "
         f"medians, requests/s range in brackets. wrk, Redis and the service share {os.cpu_count()} cores.", "",
         table(["request", "connections", "requests/s (range)", "to GET", "p50 ms", "p90 ms", "p99 ms", "non-2xx",
                "socket errors"], [row(n, c) for n in names for c in (1, 16)]), "",
-        f"Service resident memory: {idle:,.0f} MiB after load, {loaded:,.0f} MiB after the runs.", ""])
+        f"Users per run of the user tower (live requests that arrived together, serve/batcher.py): "
+        f"{batch['sum'] / max(batch['count'], 1):.2f} on average over {batch['count']:,.0f} runs. The row run "
+        f"with `--live_batch 1` is a second service on the same artifact, in the same rounds. Service resident "
+        f"memory: {idle:,.0f} MiB after load, {loaded:,.0f} MiB after the runs.", ""])
 
 
 if __name__ == "__main__":

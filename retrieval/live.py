@@ -79,26 +79,29 @@ class LiveState:
         self.config, self.lookups = config, lookups
         self._empty_vocab = pa.array([0], pa.int64())
 
-    def bag(self, tail: EventTail) -> tuple[np.ndarray, np.ndarray]:
-        """(rows [L] catalogue row + 1, weights [L]): the last ``history.length`` events of ``tail`` after
-        sessionising, weighted and decayed as of its last event's time."""
+    def bags(self, tails: list[EventTail]) -> tuple[np.ndarray, np.ndarray]:
+        """(rows [B, L] catalogue row + 1, weights [B, L]): of each tail (each non-empty), its last
+        ``history.length`` events after sessionising, weighted and decayed as of its own last event's time. One
+        pass over every tail's events (a request batch costs one call, not one per user): the training rules
+        read them per user, as training does for a log of many users (sessions never span two users)."""
         c = self.config
-        raw = RawEvents(user=np.zeros(len(tail), np.int32), item=tail.rows.astype(np.int32), event=tail.events,
-                        ts=tail.ts, dwell=tail.dwell, session=None, user_vocab=self._empty_vocab,
-                        item_vocab=self._empty_vocab, n_read=len(tail), ignored={})
-        ev = sessionise(raw, c.roles, c.sessions, "live events", need_conversion=False)
+        b = np.arange(len(tails))
+        raw = RawEvents(user=np.repeat(b.astype(np.int32), [len(t) for t in tails]),
+                        item=np.concatenate([t.rows for t in tails]).astype(np.int32),
+                        event=np.concatenate([t.events for t in tails]), ts=np.concatenate([t.ts for t in tails]),
+                        dwell=np.concatenate([t.dwell for t in tails]), session=None, user_vocab=self._empty_vocab,
+                        item_vocab=self._empty_vocab, n_read=sum(len(t) for t in tails), ignored={})
+        ev = sessionise(raw, c.roles, c.sessions, "live events", need_conversion=False)  # sorted by (user, ts)
         w = event_weights(ev, c.dwell_weighting.kind, c.dwell_weighting.t_max, c.dwell_weighting.threshold)
-        now = int(ev.ts.max())
-        rows, weights = gather_history(np.array([len(ev)]), np.array([0]), ev.item.astype(np.int64) + 1, w, ev.ts,
-                                       np.array([now]), c.history.length, c.history.half_life_days * DAY)
-        return rows[0], weights[0]
+        start, end = np.searchsorted(ev.user, b, "left"), np.searchsorted(ev.user, b, "right")
+        now = ev.ts[end - 1]  # each user's last event (merging bursts keeps at least one)
+        return gather_history(end, start, ev.item.astype(np.int64) + 1, w, ev.ts, now, c.history.length,
+                              c.history.half_life_days * DAY)
 
     def inputs(self, static: dict[str, np.ndarray], tails: list[EventTail]) -> dict[str, np.ndarray]:
         """User tower inputs of a batch: ``static`` the users' own inputs ([B] id row and features), ``tails``
         their events (each non-empty)."""
-        bags = [self.bag(t) for t in tails]
-        rows = np.stack([b[0] for b in bags])
-        weights = np.stack([b[1] for b in bags])
+        rows, weights = self.bags(tails)
         return {**static, **bag_inputs(rows, weights, self.lookups)}
 
 

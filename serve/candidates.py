@@ -80,7 +80,7 @@ def router(settings: Settings, models: EventModels, manifest: Manifest) -> APIRo
         weights = checked_utility(served, utility, "query")
         uid = served.users.parse(user)
         live = await svc.store.get(str(uid)) if uid is not None else []
-        body, _ = answer(svc, served, uid, user, live, k, exclude_purchased, weights, scores)
+        body, _ = await answer(svc, served, uid, user, live, k, exclude_purchased, weights, scores)
         return json_response(body)
 
     class CandidatesRequest(BaseModel):
@@ -108,7 +108,7 @@ def router(settings: Settings, models: EventModels, manifest: Manifest) -> APIRo
         weights = checked_utility(served, body.utility, "body")
         uid = None if body.user is None else served.users.parse(body.user)  # None: no user of this artifact
         live = await svc.store.get(str(uid)) if uid is not None else []
-        out, ignored = answer(svc, served, uid, body.user, live + plain(body.events), body.k,
+        out, ignored = await answer(svc, served, uid, body.user, live + plain(body.events), body.k,
                               body.exclude_purchased, weights, body.scores)
         out["ignored_events"] = ignored
         return json_response(out)
@@ -145,18 +145,18 @@ def checked_utility(served: Served, utility: str | dict[str, float] | None, wher
         raise RequestValidationError([{"loc": [where, "utility"], "msg": str(e), "type": "value_error"}]) from None
 
 
-def answer(svc: Service, served: Served, uid: int | str | None, raw_user, events: list[dict], k: int,
-           exclude_purchased: bool, utility: dict[str, float] | None = None,
-           with_scores: bool = False) -> tuple[dict, int]:
+async def answer(svc: Service, served: Served, uid: int | str | None, raw_user, events: list[dict], k: int,
+                 exclude_purchased: bool, utility: dict[str, float] | None = None,
+                 with_scores: bool = False) -> tuple[dict, int]:
     """The response body for a user and their live events (stored answer when none is usable), and how many
-    events the model could not read."""
-    if events:
-        fresh, ignored = served.fresh_tail(events)
-        a = served.candidates_live(uid, fresh, k, exclude_purchased, utility, with_scores)
-        if len(fresh):
-            svc.metrics.live_answers.inc()
+    events the model could not read. A live user is embedded with the live users of the requests that arrived
+    with this one (serve/batcher.py)."""
+    fresh, ignored = served.fresh_tail(events) if events else (None, 0)
+    if fresh is not None and len(fresh):
+        state = await svc.batcher.state(served, uid, fresh, served.heads_for(utility, with_scores))
+        a = served.answer_live(uid, fresh, state, k, exclude_purchased, utility, with_scores)
+        svc.metrics.live_answers.inc()
     else:
-        ignored = 0
         a = served.candidates(uid, k, exclude_purchased, utility, with_scores)
     if a.fallback:
         svc.metrics.fallbacks.inc()

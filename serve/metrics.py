@@ -39,6 +39,9 @@ class Metrics:
                                    registry=self.registry)
         self.live_answers = Counter("retrieval_live_answers_total", "answers from the user tower run on live events",
                                     registry=self.registry)
+        self.live_batch = Histogram("retrieval_live_batch_users", "users embedded by one run of the user tower "
+                                    "(live requests that arrived together, serve/batcher.py)",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
         self.utility_answers = Counter("retrieval_utility_answers_total", "answers ranked by a caller's utility",
                                        registry=self.registry)
         self.utility_uncertified = Counter("retrieval_utility_uncertified_total", "utility answers whose search "

@@ -16,6 +16,7 @@ from fastapi import Depends, HTTPException, Request
 from redis.exceptions import RedisError
 
 from index.artifact import ArtifactError
+from serve.batcher import TowerBatcher
 from serve.journal import Journal, replay_from
 from serve.live_store import MemoryStore, RedisStore
 from serve.metrics import Metrics
@@ -33,8 +34,10 @@ class Service:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one swap or add at a time
     store: MemoryStore | RedisStore | None = None  # live histories, opened in lifespan (outlives swaps)
     journal: Journal | None = None  # the admin operations every worker applies (None: one process)
+    batcher: TowerBatcher | None = None  # live users embedded together (serve/batcher.py)
 
     def __post_init__(self) -> None:
+        self.batcher = TowerBatcher(self.settings.live_batch, self.metrics.live_batch.observe)
         if self.settings.control_dir is not None:
             self.journal = Journal(self.settings.control_dir, self.settings.workers)
 

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
                                   "shared by every process, kept across restarts; unset = this process's memory")
     live_max_users: int = Field(100_000, ge=1, description="users whose live history the in-memory store keeps "
                                 "(least recently used evicted)")
+    live_batch: int = Field(64, ge=1, description="most live users one run of the user tower embeds: requests "
+                            "that arrive together are embedded together (serve/batcher.py); 1 = each alone")
     max_request_events: int = Field(200, ge=1, description="most events one POST /candidates may carry")
     max_post_events: int = Field(1000, ge=1, description="most events one POST /events may carry")
     log_level: str = Field("info", description="uvicorn log level")

@@ -144,7 +144,7 @@ class Served:
         if row is None:
             return Answer("popular", self.item_id_list(self.popular_rows[:k]), self.popular_scores[:k].tolist())
         lo, hi = self.history_offsets[row], self.history_offsets[row + 1]
-        heads = self.heads if utility or with_scores else [SERVED]
+        heads = self.heads_for(utility, with_scores)
         state = UserState({h: self.user_vecs[h][row] for h in heads}, self.history_rows[lo:hi],
                           {h: self.history_scores[h][lo:hi] for h in heads})
         return self._answer(state, k, self._purchased(row) if exclude_purchased else None, utility, with_scores)
@@ -212,26 +212,43 @@ class Served:
                          np.array([np.nan if e.get("dwell_s") is None else e["dwell_s"] for e in keep], np.float32))
         return tail, int((~ok).sum())
 
+    def heads_for(self, utility: dict[str, float] | None, with_scores: bool) -> list[str]:
+        """The heads an answer reads: every head for a utility or per-head scores, else the served one."""
+        return self.heads if utility or with_scores else [SERVED]
+
+    def live_states(self, users: list[int | str | None], fresh: list[EventTail], heads: list[str]) -> list[UserState]:
+        """The states of a batch of users (None or an id this artifact does not know: a new user) from their
+        stored events followed by ``fresh`` ones (each non-empty), as of each one's last event: one bagging pass
+        and one run of the user tower for the batch ([B] users)."""
+        rows = [self.users.row(u) for u in users]
+        static = {n: np.concatenate([blank if r is None else self.user_static[n][r: r + 1] for r in rows])
+                  for n, blank in self.blank_static.items()}
+        tails = [(EventTail.empty() if r is None else self.tails.of(r)).then(f) for r, f in zip(rows, fresh, strict=True)]
+        x = self.live.inputs(static, tails)
+        states = states_from_inputs_heads(self.model.model, x, {h: IndexVectors(self.indexes[h]) for h in heads})
+        return [UserState({h: v[i] for h, (v, _) in states.items()}, states[SERVED][1].of(i)[0],
+                          {h: hist.of(i)[1] for h, (_, hist) in states.items()}) for i in range(len(users))]
+
+    def answer_live(self, user: int | str | None, fresh: EventTail, state: UserState, k: int,
+                    exclude_purchased: bool, utility: dict[str, float] | None = None,
+                    with_scores: bool = False) -> Answer:
+        """The answer from a live user's state (:meth:`live_states`); exclude_purchased drops the stored
+        purchases and the fresh conversions (conversion roles come first)."""
+        exclude = None
+        if exclude_purchased:
+            conv = fresh.events < len(self.live.config.roles.conversions)
+            exclude = np.unique(np.concatenate([self._purchased(self.users.row(user)), fresh.rows[conv]]))
+        return self._answer(state, k, exclude, utility, with_scores)
+
     def candidates_live(self, user: int | str | None, fresh: EventTail, k: int, exclude_purchased: bool,
                         utility: dict[str, float] | None = None, with_scores: bool = False) -> Answer:
         """The user tower run on the user's stored events followed by ``fresh`` ones, as of the last one's time;
-        without fresh events, the stored answer (:meth:`candidates`)."""
+        without fresh events, the stored answer (:meth:`candidates`). One user alone: the service batches
+        concurrent requests (serve/batcher.py) through :meth:`live_states` and :meth:`answer_live`."""
         if len(fresh) == 0:
             return self.candidates(user, k, exclude_purchased, utility, with_scores)
-        row = self.users.row(user)
-        static = self.blank_static if row is None else {n: v[row: row + 1] for n, v in self.user_static.items()}
-        stored = EventTail.empty() if row is None else self.tails.of(row)
-        x = self.live.inputs(static, [stored.then(fresh)])
-        heads = self.heads if utility or with_scores else [SERVED]
-        states = states_from_inputs_heads(self.model.model, x, {h: IndexVectors(self.indexes[h]) for h in heads})
-        hist_rows = states[SERVED][1].of(0)[0]
-        state = UserState({h: v[0] for h, (v, _) in states.items()}, hist_rows,
-                          {h: hist.of(0)[1] for h, (_, hist) in states.items()})
-        exclude = None
-        if exclude_purchased:  # the stored purchases and the fresh conversions (conversion roles come first)
-            conv = fresh.events < len(self.live.config.roles.conversions)
-            exclude = np.unique(np.concatenate([self._purchased(row), fresh.rows[conv]]))
-        return self._answer(state, k, exclude, utility, with_scores)
+        state, = self.live_states([user], [fresh], self.heads_for(utility, with_scores))
+        return self.answer_live(user, fresh, state, k, exclude_purchased, utility, with_scores)
 
     def with_items(self, items: list[dict[str, Any]]) -> tuple[Served, list[str]]:
         """A new Served whose indexes also hold ``items`` (dicts: item_id and features), embedded from their

@@ -75,3 +75,26 @@ def test_fresh_events_after_a_stored_tail_are_read_as_the_whole_log_is(tiny_worl
         assert np.allclose(live["hist_weights"], want["hist_weights"], atol=1e-5), u
         checked += 1
     assert checked >= 5
+
+
+def test_a_batch_of_tails_bags_each_as_alone(trained):
+    """One bagging pass over many users' events (the service's batch) gives each user the bag of their events
+    alone: sessions, derived dwell and bursts never cross users, and each is decayed as of its own last event."""
+    t = load_trained(trained)
+    corpus = t.corpus()
+    state = LiveState(corpus.config, corpus.hist_lookup)
+    rng = np.random.default_rng(3)
+    tails = []
+    for u in range(40):
+        n = int(rng.integers(1, 60))
+        gaps = rng.integers(0, 40, n) if u % 2 else rng.integers(0, 86_400, n)  # bursts and sessions, or days
+        dwell = np.where(rng.random(n) < 0.5, np.nan, rng.random(n) * 60).astype(np.float32)
+        tails.append(EventTail(rng.integers(0, len(corpus.hist_lookup["hist_items"]) - 1, n),
+                               rng.integers(0, len(corpus.config.roles.names), n).astype(np.int16),
+                               1_700_000_000 + u * 1000 + np.cumsum(gaps), dwell))
+    rows, weights = state.bags(tails)
+    for i, tail in enumerate(tails):
+        alone_rows, alone_weights = state.bags([tail])
+        np.testing.assert_array_equal(rows[i], alone_rows[0])
+        np.testing.assert_array_equal(weights[i], alone_weights[0])
+    assert (weights > 0).sum(axis=1).min() >= 1
