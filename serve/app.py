@@ -6,8 +6,10 @@ import logging
 from contextlib import asynccontextmanager, suppress
 
 import torch
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from threadpoolctl import threadpool_limits
 
 from index.artifact import read_manifest
@@ -53,7 +55,16 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestLimits, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
                        tokens=tokens)
     app.add_middleware(Metrics.Middleware, metrics=svc.metrics)  # outermost: counts refused requests too
+    app.add_exception_handler(RedisError, live_store_down)
     return app
+
+
+async def live_store_down(request: Request, e: RedisError) -> JSONResponse:
+    """Redis (the live store) failed in a request: a 503 that says so; an answer without the user's live events
+    would be silently wrong, and an event not stored must not look accepted."""
+    log.warning("live store (Redis) failed: %s: %s", type(e).__name__, e)
+    return JSONResponse({"detail": f"the live store (Redis) is unavailable: {type(e).__name__}"}, status_code=503,
+                        headers={"retry-after": "1"})
 
 
 def from_env() -> FastAPI:

@@ -11,6 +11,7 @@ roles and vocabulary. Two stores with one interface:
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from typing import Any
 
@@ -50,11 +51,18 @@ class MemoryStore:
 
 
 class RedisStore:
+    """Reads coalesce: the users asked for in one round of the event loop (the requests read together) are
+    fetched in one pipeline, one round trip, instead of one each; their requests then reach the user tower
+    together too (serve/batcher.py)."""
+
     kind = "redis"
 
     def __init__(self, url: str, per_user: int, prefix: str = "retrieval:live:"):
         self.per_user, self.prefix = per_user, prefix
         self.client = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._asked: list[tuple[str, asyncio.Future]] = []  # this round's reads, not yet sent
+        self._reading: set[asyncio.Task] = set()  # the reads in flight (the loop keeps only weak references)
+        self.round_trips = 0  # pipelines sent for reads
 
     def _key(self, user: str) -> str:
         return self.prefix + user
@@ -72,7 +80,31 @@ class RedisStore:
             await p.execute()
 
     async def get(self, user: str) -> list[dict[str, Any]]:
-        return [orjson.loads(v) for v in await self.client.lrange(self._key(user), 0, -1)]
+        loop = asyncio.get_running_loop()
+        if not self._asked:
+            task = loop.create_task(self._read())  # its first step runs after this round's other handlers
+            self._reading.add(task)
+            task.add_done_callback(self._reading.discard)
+        done = loop.create_future()
+        self._asked.append((user, done))
+        return [orjson.loads(v) for v in await done]
+
+    async def _read(self) -> None:
+        asked, self._asked = self._asked, []
+        self.round_trips += 1
+        try:
+            async with self.client.pipeline(transaction=False) as p:
+                for user, _ in asked:
+                    p.lrange(self._key(user), 0, -1)
+                lists = await p.execute()
+        except Exception as e:  # noqa: BLE001 (every read of the round fails with it: each request answers it)
+            for _, done in asked:
+                if not done.done():
+                    done.set_exception(e)
+            return
+        for (_, done), values in zip(asked, lists, strict=True):
+            if not done.done():  # a request that was cancelled (its client left)
+                done.set_result(values)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -5,6 +5,7 @@ The server is started here; where redis-server is missing the tests fail in CI (
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -16,7 +17,13 @@ import time
 import httpx
 import pyarrow.parquet as pq
 import pytest
+import redis
+from fastapi.testclient import TestClient
 from helpers import AUTH, ROOT, TOKEN, free_port
+
+from serve.app import create_app
+from serve.live_store import RedisStore
+from serve.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +99,61 @@ def test_the_service_refuses_to_start_without_its_redis(root):
                        cwd=ROOT, env={**os.environ, "RETRIEVAL_REDIS_URL": f"redis://127.0.0.1:{port}/0"},
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "Redis at redis://127.0.0.1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_reads_of_one_round_share_one_round_trip(redis_url):
+    """Users read in one round of the event loop come back from one pipeline, each with their own events."""
+
+    async def go():
+        store = RedisStore(redis_url, per_user=5, prefix="test:coalesce:")
+        await store.append({"a": [{"x": 1}], "b": [{"x": i} for i in range(2, 9)]})
+        got = await asyncio.gather(store.get("a"), store.get("b"), store.get("nobody"), store.get("a"))
+        together = store.round_trips
+        alone = await store.get("b")
+        trips = store.round_trips
+        await store.close()
+        return got, together, alone, trips
+
+    got, together, alone, trips = asyncio.run(go())
+    assert got == [[{"x": 1}], [{"x": i} for i in range(4, 9)], [], [{"x": 1}]]  # the last 5 of b's 7
+    assert together == 1 and alone == got[1] and trips == 2
+
+
+def test_a_failed_read_reaches_every_request_of_its_round():
+    async def go():
+        store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", per_user=5)  # nothing listens there
+        out = await asyncio.gather(store.get("a"), store.get("b"), return_exceptions=True)
+        await store.close()
+        return out
+
+    assert all(isinstance(r, redis.exceptions.ConnectionError) for r in asyncio.run(go()))
+
+
+def test_requests_that_need_a_redis_that_went_away_get_503(root, tmp_path):
+    """Redis stops under a running service: a known user's answer (their live events unknown) and new events
+    (not stored) get 503 saying so, never an answer without them or an event that looks accepted."""
+    port = free_port()
+    proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        app = create_app(Settings(artifacts=root / "v1", redis_url=f"redis://127.0.0.1:{port}/0", events_token=TOKEN))
+        with TestClient(app) as c:
+            assert c.get("/candidates", params={"user": "900123"}).status_code == 200
+            proc.terminate()
+            proc.wait(10)
+            r = c.get("/candidates", params={"user": "900123"})
+            assert r.status_code == 503 and "live store (Redis)" in r.json()["detail"]
+            items = pq.read_table(root / "v1" / "items.parquet", columns=["item_id"]).column("item_id").to_pylist()
+            r = c.post("/events", json={"events": [{"user_id": 1, "item_id": items[0], "event": "view", "ts": 1}]},
+                       headers=AUTH)
+            assert r.status_code == 503
+            assert c.get("/healthz").status_code == 200
+    finally:
+        proc.kill()
+        proc.wait(10)
