@@ -3,11 +3,14 @@
 A live answer (``POST /candidates`` with fresh events, or a user with live events) runs the user tower at
 request time, and one tower call on one user costs about what a call on a few dozen users costs: the fixed cost
 of a torch call per layer, and the training rules' pass over the events, dominate. So the handler of a live
-request awaits its user's state here. The first request of a batch schedules one run at the end of the event
-loop's current round (``call_soon``), after the handlers of the other requests read in the same round have
-added their users; the run embeds them all ([B] users: one bagging pass, one tower call,
-``Served.live_states``) and each handler then searches and answers alone. A lone request waits for nothing but
-the rest of the round; under load, requests that arrived together are answered together.
+request awaits its user's state here, and one run embeds every user waiting ([B] users: one bagging pass, one
+tower call, ``Served.live_states``); each handler then searches and answers alone.
+
+When a run starts: the first waiter schedules a check for the end of the event loop's current round, after the
+handlers of the other requests read in that round have added their users. While a round adds users, the run
+waits one more round (at most MAX_HOPS rounds, or until ``max_batch`` users wait): under load, requests whose
+bytes arrive while the loop answers others keep joining, and a lone request waits only for a few empty rounds
+of the loop (microseconds), never for a timer.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import NamedTuple
 
 from retrieval.live import EventTail
 from serve.store import Served, UserState
+
+MAX_HOPS = 4  # rounds of the event loop a run waits while each adds users
 
 
 class _Waiting(NamedTuple):
@@ -41,10 +46,17 @@ class TowerBatcher:
         """The state of ``user`` after ``fresh`` events (non-empty), by the artifact ``served``."""
         loop = asyncio.get_running_loop()
         if not self.waiting:
-            loop.call_soon(self._run)
+            loop.call_soon(self._tick, 0, 0)
         done = loop.create_future()
         self.waiting.append(_Waiting(served, user, fresh, heads, done))
         return await done
+
+    def _tick(self, seen: int, hops: int) -> None:
+        loop = asyncio.get_running_loop()
+        if len(self.waiting) > seen and hops < MAX_HOPS and len(self.waiting) < self.max_batch:
+            loop.call_soon(self._tick, len(self.waiting), hops + 1)
+        else:
+            self._run()
 
     def _run(self) -> None:
         batch, self.waiting = self.waiting, []

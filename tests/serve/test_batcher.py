@@ -67,6 +67,24 @@ def test_users_of_one_round_run_together_per_artifact_and_capped(served):
         TowerBatcher(0)
 
 
+def test_users_arriving_over_a_few_rounds_join_one_run_and_a_lone_one_is_not_held(served):
+    v1, _ = served
+    runs = []
+
+    async def after(batcher, rounds: int, i: int):
+        for _ in range(rounds):  # a request whose handler reaches the batcher a few rounds of the loop later
+            await asyncio.sleep(0)
+        return await batcher.state(v1, None, fresh_events(v1, i), [SERVED])
+
+    async def staggered():
+        b = TowerBatcher(64, runs.append)
+        await asyncio.gather(*(after(b, r, i) for i, r in enumerate([0, 0, 1, 2, 3])))
+        await asyncio.wait_for(after(b, 0, 9), timeout=5)  # alone: answered after a few empty rounds
+
+    asyncio.run(staggered())
+    assert runs == [5, 1]
+
+
 def test_an_error_in_the_run_reaches_every_request_of_the_batch(served):
     v1, _ = served
     bad = EventTail(np.array([v1.index.ntotal + 10**6]), np.zeros(1, np.int16), np.array([1_700_000_000]),
