@@ -6,10 +6,10 @@ import itertools
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, WithJsonSchema
 
 from index.artifact import Manifest
 from retrieval.utility import MAX_TEXT, UtilityError
@@ -24,6 +24,11 @@ ALLOWED = {"user", "k", "exclude_purchased", "utility", "scores"}
 UTILITY_DOC = ("rank by a utility: head:weight,... (e.g. conversion:1,engagement:0.3) or a preset the artifact "
                "names; the top k by the weighted sum of the heads' calibrated probabilities. Absent: the "
                "conversion head alone")
+
+
+# What FastAPI documents for a route whose parameters it validates (this one validates its query itself).
+VALIDATION_ERROR = {"description": "Validation Error",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}}
 
 
 # A weight as the schema states it: a decimal with a non-zero digit (the service also takes 0 for some heads, as
@@ -57,30 +62,37 @@ def router(settings: Settings, models: EventModels, manifest: Manifest) -> APIRo
     r = APIRouter()
     pattern, body_schema = utility_schema(manifest)
 
+    class CandidatesQuery(BaseModel):
+        """GET /candidates' query: validated by pydantic from the raw query (:func:`query_of`)."""
+        model_config = ConfigDict(extra="forbid")
+        user: Annotated[str, StringConstraints(min_length=1, max_length=settings.max_user_len)] = Field(
+            description="user id")
+        k: int = Field(settings.default_k, ge=1, le=settings.max_k, description="number of candidates")
+        exclude_purchased: bool = Field(False, description="drop items the user already converted on")
+        utility: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)] | None = Field(
+            None, description=UTILITY_DOC, json_schema_extra={"pattern": pattern} if pattern else None)
+        scores: bool = Field(False, description="each candidate's raw score per head, and p_<head> of every "
+                             "calibrated head")
+
     # An async def answers on the event loop: a search is shorter than handing the request to a thread, so one
-    # process answers on one core; scale out with processes. No Depends on this path: FastAPI's dependency
-    # solving costs a good share of a search, so the state is read from the app directly.
-    @r.get("/candidates", response_model=CandidatesResponse,
-           responses={503: {"description": "no artifact loaded yet"}}, summary="Top-k candidates for a user")
-    async def candidates(
-        request: Request,
-        user: Annotated[str, Query(min_length=1, max_length=settings.max_user_len, description="user id")],
-        k: Annotated[int, Query(ge=1, le=settings.max_k, description="number of candidates")] = settings.default_k,
-        exclude_purchased: Annotated[bool, Query(description="drop items the user already converted on")] = False,
-        utility: Annotated[str | None, Query(min_length=1, max_length=MAX_TEXT, description=UTILITY_DOC,
-                                             json_schema_extra={"pattern": pattern} if pattern else None)] = None,
-        scores: Annotated[bool, Query(description="each candidate's raw score per head, and p_<head> of every "
-                                      "calibrated head")] = False,
-    ) -> Response:
+    # process answers on one core; scale out with processes. No Depends and no declared query parameters on
+    # this path: FastAPI's solving of them re-inspects every parameter's annotation on each request, a good
+    # share of a search, so the query is validated by one pydantic model (the OpenAPI parameters are written
+    # from it) and the state read from the app directly.
+    @r.get("/candidates", response_model=CandidatesResponse, summary="Top-k candidates for a user",
+           responses={503: {"description": "no artifact loaded yet"}, 422: VALIDATION_ERROR},
+           openapi_extra={"parameters": query_parameters(CandidatesQuery)})
+    async def candidates(request: Request) -> Response:
         check_query(request, ALLOWED)  # unknown or repeated parameters
+        q = query_of(request, CandidatesQuery)
         svc: Service = request.app.state.service
         served = svc.served
         if served is None:
             raise HTTPException(503, "no artifact loaded")
-        weights = checked_utility(served, utility, "query")
-        uid = served.users.parse(user)
+        weights = checked_utility(served, q.utility, "query")
+        uid = served.users.parse(q.user)
         live = await svc.store.get(str(uid)) if uid is not None else []
-        body, _ = await answer(svc, served, uid, user, live, k, exclude_purchased, weights, scores)
+        body, _ = await answer(svc, served, uid, q.user, live, q.k, q.exclude_purchased, weights, q.scores)
         return json_response(body)
 
     class CandidatesRequest(BaseModel):
@@ -114,6 +126,23 @@ def router(settings: Settings, models: EventModels, manifest: Manifest) -> APIRo
         return json_response(out)
 
     return r
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """OpenAPI query parameters of a query model, as FastAPI writes declared ones."""
+    schema = model.model_json_schema()
+    return [{"name": name, "in": "query", "required": name in schema.get("required", []), "schema": prop,
+             "description": prop["description"]} for name, prop in schema["properties"].items()]
+
+
+def query_of(request: Request, model: type[BaseModel]):
+    """The request's query as ``model`` (each parameter given once: check_query ran); a 422 names each bad
+    parameter, as FastAPI's own query validation does."""
+    try:
+        return model.model_validate(dict(request.query_params))
+    except ValidationError as e:
+        raise RequestValidationError([{"loc": ["query", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+                                      for err in e.errors(include_url=False, include_input=False)]) from None
 
 
 def candidate_list(a: Answer) -> list[dict]:
