@@ -38,8 +38,7 @@ class Admission:
         self.tolerance = (burst - 1) * self.interval  # how far ahead of now an address's schedule may run
         self.tat: dict[str, float] = {}  # address -> theoretical arrival time of its next connection
         self.waiting = 0  # connections of every address waiting for their turn now
-        self.delayed = self.refused = 0  # totals, for /metrics
-        self.metrics = None  # serve.metrics.Metrics of the app, once it is loaded (ServeConfig.load)
+        self.metrics = None  # serve.metrics.Metrics of the app, once it is loaded (ServeConfig.load): the totals
         body = orjson.dumps({"detail": _BODY_TEMPLATE.format(rate=rate)})
         self.refusal = (b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
                         b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
@@ -52,7 +51,6 @@ class Admission:
         tat = max(self.tat.get(address, now), now)
         wait = tat - self.tolerance - now
         if wait > self.max_wait_s or (wait > 0 and self.waiting >= self.max_waiting):
-            self.refused += 1
             if self.metrics is not None:
                 self.metrics.connections_refused.inc()
             return None  # a refused connection does not move the schedule: it costs the client nothing later
@@ -62,7 +60,6 @@ class Admission:
         if wait <= 0:
             return 0.0
         self.waiting += 1
-        self.delayed += 1
         if self.metrics is not None:
             self.metrics.connections_delayed.inc()
         return wait

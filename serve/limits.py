@@ -152,7 +152,7 @@ class HeaderDeadline(HttpToolsProtocol):
     _refused = False
     _made = False  # uvicorn's connection_made ran: not for a connection refused or still waiting for admission
     _turn: asyncio.TimerHandle | None = None  # a connection waiting for admission: when it will be read
-    _early: tuple | list = ()  # bytes that arrived while it waited (none: its reading is paused)
+    _early: tuple | list = ()  # bytes handed over while it waited for admission, fed in when its turn comes
 
     def _arm(self) -> None:
         self._disarm()
@@ -215,7 +215,8 @@ class HeaderDeadline(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._made and not self._refused:
             super().data_received(data)
-        elif self._turn is not None:  # not expected while reading is paused; kept for when its turn comes
+        elif self._turn is not None:  # paused reading still hands over what was read before the pause (uvloop:
+            # without this buffer a paced request is lost, test_admission's flood times out); fed in at its turn
             self._early.append(data)
 
     def on_headers_complete(self) -> None:

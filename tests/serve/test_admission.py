@@ -14,15 +14,19 @@ import pytest
 from helpers import ROOT, free_port
 
 from serve.admission import Admission
+from serve.metrics import Metrics
 
 
 def test_burst_then_one_per_interval_then_refused():
     a = Admission(rate=10, burst=3, max_wait_s=0.35)
+    a.metrics = Metrics()
     waits = [a.wait("1.2.3.4", 100.0) for _ in range(8)]  # eight connections at the same instant
     assert waits[:3] == [0.0, 0.0, 0.0]  # the burst
     assert waits[3:6] == pytest.approx([0.1, 0.2, 0.3])  # then one each 1/rate
     assert waits[6:] == [None, None]  # the next turn is 0.4 s away: over max_wait_s
-    assert (a.delayed, a.refused, a.waiting) == (3, 2, 3)
+    counted = a.metrics.registry.get_sample_value
+    assert (counted("retrieval_connections_delayed_total"), counted("retrieval_connections_refused_total"),
+            a.waiting) == (3, 2, 3)
     for _ in range(3):
         a.done_waiting()
     assert a.wait("5.6.7.8", 100.0) == 0.0  # another address has its own schedule
