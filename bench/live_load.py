@@ -7,7 +7,8 @@ service process, with the live store in a real redis-server started here on loop
 connections, rows taking turns for a few rounds: GET for known users (the stored answer), POST /candidates with
 ``--events`` fresh events of catalogue items for known users (the user tower runs at request time; the users of
 requests that arrive together are embedded in one run, serve/batcher.py), the same against a second service that
-embeds each user alone (``--live_batch 1``), and POST /events in batches of 100 (events/s = requests/s x 100). Writes the "live_load" section of docs/benchmarks.md.
+embeds each user alone (``--live_batch 1``), GET and POST against a third whose garbage collector is not frozen
+after loading (``--gc_freeze false``), and POST /events in batches of 100 (events/s = requests/s x 100). Writes the "live_load" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -87,16 +88,21 @@ def main() -> None:
     os.environ.update(env)
     servers = []
     alone_port = a.port + 2  # the same service embedding each live user alone (RETRIEVAL_LIVE_BATCH=1)
+    thawed_port = a.port + 3  # the same service with its garbage collector walking everything (no gc.freeze)
     try:
         cmd = [sys.executable, "-m", "serve", "--artifacts", str(art), "--log_level", "warning",
                "--max_request_events", str(max(a.events, 200))]
         servers.append(start([*cmd, "--port", str(a.port)], a.port))
         servers.append(start([*cmd, "--port", str(alone_port), "--live_batch", "1"], alone_port))
+        servers.append(start([*cmd, "--port", str(thawed_port), "--gc_freeze", "false"], thawed_port))
         idle = rss_mib(servers[0].pid)
         post_name = f"POST /candidates with {a.events} fresh events (user tower at request time)"
         alone_name = "the same, each user embedded alone (`--live_batch 1`)"
         names = {"GET /candidates (known users, stored answer)": (get, a.port), post_name: (post, a.port),
-                 alone_name: (post, alone_port), "POST /events, batches of 100 events (Redis)": (events, a.port)}
+                 alone_name: (post, alone_port),
+                 "GET, the garbage collector not frozen (`--gc_freeze false`)": (get, thawed_port),
+                 "POST, the garbage collector not frozen (`--gc_freeze false`)": (post, thawed_port),
+                 "POST /events, batches of 100 events (Redis)": (events, a.port)}
         rounds = {(n, c): [] for n in names for c in (1, 16)}
         for _ in range(a.rounds):
             for (n, c), runs in rounds.items():
@@ -129,8 +135,10 @@ def main() -> None:
         table(["request", "connections", "requests/s (range)", "to GET", "p50 ms", "p90 ms", "p99 ms", "non-2xx",
                "socket errors"], [row(n, c) for n in names for c in (1, 16)]), "",
         f"Users per run of the user tower (live requests that arrived together, serve/batcher.py): "
-        f"{batch['sum'] / max(batch['count'], 1):.2f} on average over {batch['count']:,.0f} runs. The row run "
-        f"with `--live_batch 1` is a second service on the same artifact, in the same rounds. Service resident "
+        f"{batch['sum'] / max(batch['count'], 1):.2f} on average over {batch['count']:,.0f} runs. The rows run "
+        "with `--live_batch 1` and with `--gc_freeze false` are two more services on the same artifact, in the same "
+        "rounds (the second: every full collection of the garbage collector walks the libraries' and the "
+        "artifact's objects, as before serve/service.py froze them after loading). Service resident "
         f"memory: {idle:,.0f} MiB after load, {loaded:,.0f} MiB after the runs.", ""])
 
 

@@ -3,6 +3,7 @@
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager, suppress
 
 import torch
@@ -21,6 +22,7 @@ from serve.service import Service
 from serve.settings import Settings
 
 log = logging.getLogger(__name__)
+SETTLE_AFTER_S = 1.0  # a new version has served this long before the garbage collector is frozen again
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -32,12 +34,16 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         await run_in_threadpool(svc.start)
         await svc.open_store()
-        follower = asyncio.create_task(follow(svc)) if svc.journal else None
+        tasks = [asyncio.create_task(follow(svc))] if svc.journal else []
+        if settings.gc_freeze:
+            svc.settle()
+            tasks.append(asyncio.create_task(keep_settled(svc)))
         yield
-        if follower:
-            follower.cancel()
+        for task in tasks:
+            task.cancel()
             with suppress(asyncio.CancelledError):
-                await follower
+                await task
+        if svc.journal:
             svc.journal.close()
         await svc.store.close()
         svc.metrics.close()
@@ -89,3 +95,13 @@ async def follow(svc: Service) -> None:
         if svc.journal.changed():
             async with svc.lock:
                 await run_in_threadpool(svc.follow)
+
+
+async def keep_settled(svc: Service) -> None:
+    """Freeze the garbage collector's view again once a swap or an add has served SETTLE_AFTER_S (Service.settle)."""
+    while True:
+        await asyncio.sleep(SETTLE_AFTER_S / 2)
+        since = svc.unsettled_since
+        if since is not None and time.monotonic() - since >= SETTLE_AFTER_S:
+            async with svc.lock:  # not between a swap's new version and its unfreeze
+                svc.settle()

@@ -5,7 +5,9 @@ before any route runs (serve/limits.py)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ class Service:
     store: MemoryStore | RedisStore | None = None  # live histories, opened in lifespan (outlives swaps)
     journal: Journal | None = None  # the admin operations every worker applies (None: one process)
     batcher: TowerBatcher | None = None  # live users embedded together (serve/batcher.py)
+    unsettled_since: float | None = None  # a new version serves, and what was alive is not frozen again yet
 
     def __post_init__(self) -> None:
         self.batcher = TowerBatcher(self.settings.live_batch, self.metrics.live_batch.observe)
@@ -44,10 +47,7 @@ class Service:
     def start(self) -> None:
         """The artifact of the settings, then what the journal holds (a worker started after swaps or adds)."""
         served = self.load(self.settings.artifacts)
-        self.served = self._replay(served, self.journal.pending()) if self.journal else served
-        self.metrics.set_version(self.served.model_version)
-        if self.journal:
-            self.journal.ack(self.served.model_version)
+        self._serve(self._replay(served, self.journal.pending()) if self.journal else served)
 
     def apply(self, served: Served, op: dict[str, Any]) -> Served:
         """One journal operation on ``served``: a swap loads its artifact, an add embeds its items."""
@@ -63,6 +63,9 @@ class Service:
     def _serve(self, served: Served) -> None:
         self.served = served  # one reference assignment: requests see old or new, never a mix
         self.metrics.set_version(served.model_version)
+        if self.settings.gc_freeze:
+            gc.unfreeze()  # the version served until now may be garbage, cycles and all: collectable again
+            self.unsettled_since = time.monotonic()
         if self.journal:
             self.journal.ack(served.model_version)
 
@@ -112,6 +115,17 @@ class Service:
             self.store = store
         else:
             self.store = MemoryStore(per_user, self.settings.live_max_users, self.metrics.live_evictions)
+
+    def settle(self) -> None:
+        """Collect what the last version left, then freeze what is alive (``settings.gc_freeze``; under ``lock``).
+        A full collection walks every tracked object, and with torch, faiss and an artifact loaded it pauses the
+        event loop each time one runs; frozen objects are skipped, so the routine full collections walk only what
+        requests allocated. One such pause here, after a start, a swap or an add, instead of one every so many
+        requests. Called a moment after the swap (serve/app.py), once the requests that held the old version,
+        the admin request among them, have let it go: frozen while still held, its cycles would stay for good."""
+        gc.collect()
+        gc.freeze()
+        self.unsettled_since = None
 
     def load(self, path: Path) -> Served:
         """An artifact, validated whole (its model too) before it may serve; a swap keeps the id types the

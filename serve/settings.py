@@ -54,6 +54,10 @@ class Settings(BaseSettings):
                                   "apply it before answering with how many did")
     journal_poll_s: float = Field(0.1, gt=0, description="how often a worker looks for admin operations that "
                                   "another worker received")
+    gc_freeze: bool = Field(True, description="after the artifact loads (and after each swap or add), move every "
+                            "object alive then out of the garbage collector's sight (gc.freeze), so that a full "
+                            "collection no longer walks the libraries' and the artifact's objects and pauses every "
+                            "request in flight")
     gpu: bool = Field(False, description="hold Flat and IVF indexes on the GPU (faiss-gpu and a CUDA device); "
                       "without one the service logs one line and searches on the CPU")
 
