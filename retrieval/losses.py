@@ -71,10 +71,35 @@ def softmax_logits(query: Tensor, target: Tensor, query_user: Tensor, cand: Cand
     return logits
 
 
-def softmax_nll(logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """Weighted mean over rows of -log softmax(logits)[target]: logits [R, C], target [R] columns, weight [R]."""
+def softmax_nll(logits: Tensor, target: Tensor, weight: Tensor, lse: Tensor | None = None) -> Tensor:
+    """Weighted mean over rows of -log softmax(logits)[target]: logits [R, C], target [R] columns, weight [R];
+    lse: logsumexp(logits, 1) [R] when the caller has it."""
     rows = torch.arange(logits.shape[0], device=logits.device)
-    per_row = torch.logsumexp(logits, dim=1) - logits[rows, target]
+    lse = torch.logsumexp(logits, dim=1) if lse is None else lse
+    per_row = lse - logits[rows, target]
+    return (per_row * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
+def bonus_nll(logits: Tensor, lse: Tensor, target: Tensor, weight: Tensor, at: tuple[Tensor, Tensor],
+              bonus: Tensor) -> Tensor:
+    """softmax_nll(logits + X, target, weight) for X [R, C] zero but at the entries ``at`` (rows [P], columns [P],
+    each entry once), where it is ``bonus`` [P] >= 0; lse: logsumexp(logits, 1) [R].
+
+    Only the P entries are read: lse(logits + X)_r = lse_r + log(1 + sum_j softmax(logits)_rj * expm1(X_rj)),
+    the sum over row r's entries, taken in logs (a large bonus would overflow exp). The repeat term's bonus is
+    non-zero only where a candidate is in the row's history, a few entries of each [R, B + N] row, so this skips
+    the dense pass over every logit, forward and backward, that adding it to all of them costs."""
+    r, c = at
+    R = logits.shape[0]
+    b = bonus.clamp_min(1e-20)  # log(expm1(b)) is -inf at 0, and its gradient there NaN
+    t = logits[r, c] - lse[r] + b + torch.log(-torch.expm1(-b))  # [P] log(softmax * expm1(bonus))
+    # Per row, logsumexp over {0} and the row's t: the shift m is detached, as in logsumexp's own.
+    m = torch.zeros(R, dtype=t.dtype, device=t.device).scatter_reduce(0, r, t.detach(), "amax").clamp_min(0)
+    extra = m + torch.log(torch.exp(-m).index_add(0, r, torch.exp(t - m[r])))  # [R]
+    hit = c == target[r]
+    own = torch.zeros(R, dtype=bonus.dtype, device=bonus.device).index_add(0, r[hit], bonus[hit])  # X[r, target]
+    rows = torch.arange(R, device=logits.device)
+    per_row = lse + extra - logits[rows, target] - own
     return (per_row * weight).sum() / weight.sum().clamp_min(1e-12)
 
 

@@ -13,7 +13,7 @@ from retrieval.corpus import DEFAULT_ROLES
 from retrieval.frequency import StreamingFrequency
 from retrieval.heads import event_multipliers, heads_of, role_spec
 from retrieval.inference import TwoTower
-from retrieval.losses import Candidates, softmax_logits, softmax_nll
+from retrieval.losses import Candidates, bonus_nll, softmax_logits, softmax_nll
 from retrieval.metrics import recall_at_k
 from retrieval.repeat import history_affinity
 
@@ -97,7 +97,8 @@ class TwoTowerModel(L.LightningModule):
 
     # ---- training ----
     def _head_loss(self, head: str, u: dict[str, Tensor], p: dict[str, Tensor], n: dict[str, Tensor] | None,
-                   weight: Tensor, batch: dict[str, Any], cand_log_q: Tensor | None, affinity: Tensor | None) -> Tensor:
+                   weight: Tensor, batch: dict[str, Any], cand_log_q: Tensor | None,
+                   affinity: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
         net, h = self.net, self.hparams
         rows = torch.nonzero(weight > 0).squeeze(1)
         if rows.numel() == 0:  # keeps every parameter in the graph (DDP) with a zero loss
@@ -106,13 +107,20 @@ class TwoTowerModel(L.LightningModule):
         cand = Candidates(p[head], batch["pos_item"], cand_log_q, batch["user_key"])
         neg = None if n is None else Candidates(n[head], batch["neg_item"], batch["neg_log_q"] if h.logq else None)
         logits = softmax_logits(net.query(u[head][rows]), rows, batch["user_key"][rows], cand, neg)  # [R, B + N]
-        loss = softmax_nll(logits, rows, weight[rows])
+        lse = torch.logsumexp(logits, dim=1)  # [R]
+        loss = softmax_nll(logits, rows, weight[rows], lse)
         if affinity is not None:
             # The term's scale is fitted on the towers' scores held fixed (a second softmax over detached
             # logits). Trained through the same softmax, the towers learn to push the user's other history
             # items away to offset the term and lose their similarity structure (validation recall falls).
-            bonus = net.repeat_term(affinity[rows], head) / net.temperature  # [R, B + N] in logit units
-            loss = loss + softmax_nll(logits.detach() + bonus, rows, weight[rows])
+            # The bonus is non-zero only at a row's history items among the columns: read there alone.
+            example, column, value = affinity  # [P] each: batch row, column, history weight
+            row_of = torch.full((weight.shape[0],), -1, dtype=torch.long, device=weight.device)
+            row_of[rows] = torch.arange(rows.numel(), device=weight.device)  # batch row -> row of the logits
+            keep = row_of[example] >= 0
+            bonus = net.repeat_term(value[keep], head) / net.temperature  # [P'] in logit units
+            loss = loss + bonus_nll(logits.detach(), lse.detach(), rows, weight[rows],
+                                    (row_of[example[keep]], column[keep]), bonus)
         return loss
 
     def _step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -124,9 +132,11 @@ class TwoTowerModel(L.LightningModule):
         cand_log_q = self.freq.log_prob(batch["pos_item"]) if h.logq else None
         w, event = batch["weight"], batch["event"]
         affinity = None
-        if net.repeat_raw is not None:  # [B, B + N]: each user's history weight of every candidate column
-            affinity = history_affinity(batch["user"]["hist_rows"], batch["user"]["hist_weights"],
-                                        torch.cat([batch["pos_item"], batch["neg_item"]]))
+        if net.repeat_raw is not None:  # each user's history weight of every candidate column: [B, B + N], few
+            dense = history_affinity(batch["user"]["hist_rows"], batch["user"]["hist_weights"],  # non-zero, so
+                                     torch.cat([batch["pos_item"], batch["neg_item"]]))  # kept as its entries
+            at = dense.nonzero(as_tuple=True)
+            affinity = (*at, dense[at])
         out, total = {}, None
         for i, head in enumerate(self.head_specs):  # [B] an example's weight in this head: its weight x multiplier
             out[head.name] = self._head_loss(head.name, u, p, n, w * self.event_mult[i][event], batch, cand_log_q,

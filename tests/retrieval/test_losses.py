@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from retrieval.losses import Candidates, interest_scores, softmax_logits, softmax_nll
+from retrieval.losses import Candidates, bonus_nll, interest_scores, softmax_logits, softmax_nll
 
 
 def sampled_softmax_loss(query, target, weight, query_user, cand, cand_item, cand_user, cand_log_q=None, neg=None,
@@ -171,3 +171,34 @@ def test_matches_reference_with_interests():
         loss = sampled_softmax_loss(**a)
         assert torch.allclose(loss, torch.tensor(reference(**a), dtype=torch.float64))
         assert not torch.allclose(loss, sampled_softmax_loss(**dict(a, query=a["query"][:, 0])))
+
+
+def test_sparse_bonus_equals_the_dense_one():
+    """bonus_nll reads only the bonus's few entries and gives the loss, and the bonus's gradient, of adding it to
+    every logit: masked columns among them, large bonuses, rows without any, and a bonus on the target."""
+    g = torch.Generator().manual_seed(0)
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        R, C = 12, 30
+        logits = torch.randn(R, C, generator=g, dtype=dtype) * 4
+        logits[torch.rand(R, C, generator=g) < 0.2] = float("-inf")
+        target = torch.randint(0, C, (R,), generator=g)
+        logits[torch.arange(R), target] = torch.randn(R, generator=g, dtype=dtype)  # the target is never masked
+        weight = torch.rand(R, generator=g, dtype=dtype) + 0.1
+        dense = torch.zeros(R, C, dtype=dtype)
+        pick = torch.rand(R, C, generator=g) < 0.15
+        pick[3] = False  # a row without any
+        pick[0, target[0]] = pick[1, target[1]] = True  # on the target
+        dense[pick] = torch.rand(int(pick.sum()), generator=g, dtype=dtype) * 3
+        dense[2, pick[2].nonzero()[:1, 0]] = 60.0  # exp(60) overflows float32 when taken directly
+        scale = torch.tensor(1.3, dtype=dtype, requires_grad=True)
+        want = softmax_nll(logits + scale * dense, target, weight)
+        (want_grad,) = torch.autograd.grad(want, scale)
+        at = pick.nonzero(as_tuple=True)
+        got = bonus_nll(logits, torch.logsumexp(logits, 1), target, weight, at, scale * dense[at])
+        (got_grad,) = torch.autograd.grad(got, scale)
+        got, want = got.detach(), want.detach()
+        assert torch.isfinite(got) and abs(float(got - want)) < tol * max(1.0, abs(float(want)))
+        assert abs(float(got_grad - want_grad)) < tol * max(1.0, abs(float(want_grad)))
+    no_bonus = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    assert torch.allclose(bonus_nll(logits, torch.logsumexp(logits, 1), target, weight, no_bonus, torch.zeros(0)),
+                          softmax_nll(logits, target, weight))

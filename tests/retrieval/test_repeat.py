@@ -85,3 +85,43 @@ def test_the_term_learns_its_scale_without_steering_the_towers(tiny_world):
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 4
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
+
+
+def test_the_step_reads_the_bonus_sparsely_with_the_dense_loss(tiny_world):
+    """The model's loss, the repeat term read at the history entries alone (losses.bonus_nll), equals the same
+    loss with the term added to every logit of the [R, B + N] softmax, in value and in the scale's gradient."""
+    from helpers import tiny_corpus
+
+    from retrieval.inference import to_torch
+    from retrieval.losses import Candidates, softmax_logits, softmax_nll
+    from retrieval.model import TwoTowerModel
+
+    c = tiny_corpus(tiny_world)
+    torch.manual_seed(0)
+    m = TwoTowerModel(c.item_vocab.spec(), {**c.user_vocab.spec(), "history_features": c.history_features},
+                      embed_dim=8, hidden=[16], out_dim=6).eval()
+    b = c.example_batch(c.examples(0)[:128])
+    neg = np.arange(40)
+    b.update(neg=c.item_batch(neg), neg_item=neg, neg_log_q=np.full(40, np.log(40 / c.n_items), np.float32))
+    b = to_torch(b)
+    with torch.no_grad():
+        m.net.repeat_raw.fill_(1.5)
+    net = m.net
+    u, p, n = net.user_tower(b["user"]), net.item_tower(b["pos"]), net.item_tower(b["neg"])
+    aff = history_affinity(b["user"]["hist_rows"], b["user"]["hist_weights"], torch.cat([b["pos_item"], b["neg_item"]]))
+    log_q = m.freq.log_prob(b["pos_item"])
+    want = 0.0
+    for i, head in enumerate(m.head_specs):  # the dense composition, head by head
+        w = b["weight"] * m.event_mult[i][b["event"]]
+        rows = torch.nonzero(w > 0).squeeze(1)
+        logits = softmax_logits(net.query(u[head.name][rows]), rows, b["user_key"][rows],
+                                Candidates(p[head.name], b["pos_item"], log_q, b["user_key"]),
+                                Candidates(n[head.name], b["neg_item"], b["neg_log_q"]))
+        bonus = net.repeat_term(aff[rows], head.name) / net.temperature
+        want = want + head.weight * (softmax_nll(logits, rows, w[rows])
+                                     + softmax_nll(logits.detach() + bonus, rows, w[rows]))
+    got = m._step(b)["total"]
+    assert torch.allclose(got, want, rtol=1e-5)
+    (g_want,) = torch.autograd.grad(want, net.repeat_raw, retain_graph=True)
+    (g_got,) = torch.autograd.grad(got, net.repeat_raw)
+    assert torch.allclose(g_got, g_want, rtol=1e-4, atol=1e-7) and g_got.abs().sum() > 0
