@@ -12,6 +12,7 @@ A feature spec is a plain dict from YAML, e.g. ``{name: brand, kind: hashed, buc
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from retrieval.contract import DataError, cast_ids
+
+log = logging.getLogger(__name__)
+SHARED_WARN = 0.1  # a hashed feature whose distinct training values share a bucket more often than this: a warning
 
 KINDS = ("categorical", "hashed", "multi_hot", "continuous", "dense")
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -86,6 +90,13 @@ def _vocab(values: pa.Array, max_vocab: int) -> list:
     return sorted(vals.take(pa.array(order)).to_pylist())
 
 
+def shared_buckets(col: pa.Array, buckets: int) -> tuple[int, int]:
+    """(distinct values, how many of them share their bucket with another) of a hashed column."""
+    h = stable_hash(pc.unique(col.drop_null())) % np.uint64(buckets)
+    _, counts = np.unique(h, return_counts=True)
+    return len(h), int(counts[counts > 1].sum())
+
+
 def fit_encoder(spec: dict[str, Any], col: pa.Array, path: str) -> dict[str, Any]:
     """Encoder state (plain, checkpoint-safe) for one feature from its training values."""
     name, kind = spec["name"], spec["kind"]
@@ -94,6 +105,15 @@ def fit_encoder(spec: dict[str, Any], col: pa.Array, path: str) -> dict[str, Any
     state = dict(spec)
     if kind == "categorical":
         state["vocab"] = _vocab(col, spec["max_vocab"])
+    elif kind == "hashed":
+        # Values that share a bucket share one embedding: the model cannot tell them apart (two cities, two
+        # brands), which silently costs recall where the feature places items the ids cannot (new items).
+        n, shared = shared_buckets(col, spec["buckets"])
+        if n and shared / n > SHARED_WARN:
+            log.warning("features: %s: '%s' hashes %d distinct values into %d buckets, and %d of them (%.0f%%) share "
+                        "their bucket with another; raise its buckets (about %d keep that under %.0f%%), or make it "
+                        "categorical if new values need no row", path, name, n, spec["buckets"], shared,
+                        100 * shared / n, 1 << int(np.ceil(np.log2(n / SHARED_WARN))), 100 * SHARED_WARN)
     elif kind == "multi_hot":
         if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
             raise DataError(f"features: {path}: column '{name}' has type {col.type}; multi_hot needs a list column")

@@ -32,6 +32,22 @@ def test_hashed_is_stable_and_in_range():
     assert ints[0] == ints[2] != ints[1]
 
 
+def test_hashed_warns_when_values_share_buckets(caplog):
+    values = [f"city{i}" for i in range(200)] * 2
+    buckets = features.stable_hash(pa.array(values[:200])) % np.uint64(64)
+    _, counts = np.unique(buckets, return_counts=True)
+    shared = int(counts[counts > 1].sum())  # brute force: values whose bucket holds another value
+    with caplog.at_level("WARNING", logger="retrieval.features"):
+        fit_encode({"name": "city", "kind": "hashed", "buckets": 64}, values)
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert f"'city' hashes 200 distinct values into 64 buckets, and {shared} of them" in msg
+    assert "about 2048 keep that under 10%" in msg
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="retrieval.features"):
+        fit_encode({"name": "city", "kind": "hashed", "buckets": 1 << 20}, values[:20] + [None])
+    assert caplog.records == []
+
+
 def test_multi_hot_pads_and_truncates():
     state, x = fit_encode({"name": "t", "kind": "multi_hot", "max_len": 2}, [["a", "b", "c"], [], None, ["c"]])
     assert state["vocab"] == ["a", "b", "c"]
