@@ -11,17 +11,26 @@ handlers of the other requests read in that round have added their users. While 
 waits one more round (at most MAX_HOPS rounds, or until ``max_batch`` users wait): under load, requests whose
 bytes arrive while the loop answers others keep joining, and a lone request waits only for a few empty rounds
 of the loop (microseconds), never for a timer.
+
+A live request on its way (``on_the_way``: reading the user's live events from Redis, a round trip) when a run
+is first asked for is waited for as well: under load its read ends a few rounds later than the others', and it
+would otherwise start a run of its own. The run waits for those requests only (not for ones that start later),
+and for at most MAX_WAIT_S.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from retrieval.live import EventTail
 from serve.store import Served, UserState
 
 MAX_HOPS = 4  # rounds of the event loop a run waits while each adds users
+MAX_WAIT_S = 0.002  # the longest a run waits for the live requests that were on their way when it was asked for
 
 
 class _Waiting(NamedTuple):
@@ -41,24 +50,63 @@ class TowerBatcher:
             raise ValueError(f"max_batch is {max_batch}; expected at least 1")
         self.max_batch, self.on_run = max_batch, on_run
         self.waiting: list[_Waiting] = []
+        self.coming: set[int] = set()  # live requests on their way (on_the_way), by ticket
+        self.expected: set[int] = set()  # those the open run waits for
+        self._tickets = itertools.count()
+        self._run_id = 0  # the open run's number: a tick or a timer of a run already gone does nothing
+        self._timer: asyncio.TimerHandle | None = None
+
+    @contextmanager
+    def on_the_way(self) -> Iterator[None]:
+        """Around what a live request awaits before asking for its state (its read of the live store): a run
+        asked for meanwhile waits for it (see the module doc)."""
+        ticket = next(self._tickets)
+        self.coming.add(ticket)
+        try:
+            yield
+        finally:
+            self.coming.discard(ticket)
+            if ticket in self.expected:
+                self.expected.discard(ticket)
+                if not self.expected:  # the last one the run waited for: it asks for its state next, in this step
+                    asyncio.get_running_loop().call_soon(self._tick, self._run_id, -1, 0)
 
     async def state(self, served: Served, user: int | str | None, fresh: EventTail, heads: list[str]) -> UserState:
         """The state of ``user`` after ``fresh`` events (non-empty), by the artifact ``served``."""
         loop = asyncio.get_running_loop()
         if not self.waiting:
-            loop.call_soon(self._tick, 0, 0)
+            self._run_id += 1
+            self.expected = set(self.coming)
+            if self.expected:
+                self._timer = loop.call_later(MAX_WAIT_S, self._expire, self._run_id)
+            loop.call_soon(self._tick, self._run_id, 0, 0)
         done = loop.create_future()
         self.waiting.append(_Waiting(served, user, fresh, heads, done))
         return await done
 
-    def _tick(self, seen: int, hops: int) -> None:
-        loop = asyncio.get_running_loop()
-        if len(self.waiting) > seen and hops < MAX_HOPS and len(self.waiting) < self.max_batch:
-            loop.call_soon(self._tick, len(self.waiting), hops + 1)
+    def _expire(self, run_id: int) -> None:
+        if run_id == self._run_id:
+            self.expected.clear()
+            self._tick(run_id, -1, 0)
+
+    def _tick(self, run_id: int, seen: int, hops: int) -> None:
+        if run_id != self._run_id or not self.waiting:
+            return
+        if len(self.waiting) >= self.max_batch:
+            self._run()
+        elif self.expected:
+            return  # parked: the last expected request's arrival (or the timer) ticks again
+        elif len(self.waiting) > seen and hops < MAX_HOPS:
+            asyncio.get_running_loop().call_soon(self._tick, run_id, len(self.waiting), hops + 1)
         else:
             self._run()
 
     def _run(self) -> None:
+        self._run_id += 1  # ticks and timers of this run are stale from here
+        self.expected.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         batch, self.waiting = self.waiting, []
         groups: dict[int, list[_Waiting]] = {}  # a swap between two arrivals: each artifact embeds its own users
         for w in batch:

@@ -4,6 +4,7 @@ the user's stored and live events. A user with live events (``POST /events``) is
 
 import itertools
 import re
+from contextlib import nullcontext
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -119,7 +120,10 @@ def router(settings: Settings, models: EventModels, manifest: Manifest) -> APIRo
             raise HTTPException(503, "no artifact loaded")
         weights = checked_utility(served, body.utility, "body")
         uid = None if body.user is None else served.users.parse(body.user)  # None: no user of this artifact
-        live = await svc.store.get(str(uid)) if uid is not None else []
+        live = []
+        if uid is not None:
+            with svc.batcher.on_the_way() if body.events else nullcontext():  # a run of the tower waits for it
+                live = await svc.store.get(str(uid))
         out, ignored = await answer(svc, served, uid, body.user, live + plain(body.events), body.k,
                               body.exclude_purchased, weights, body.scores)
         out["ignored_events"] = ignored

@@ -14,7 +14,7 @@ from helpers import TOKEN
 from retrieval.heads import SERVED
 from retrieval.live import EventTail
 from serve.app import create_app
-from serve.batcher import TowerBatcher
+from serve.batcher import MAX_HOPS, MAX_WAIT_S, TowerBatcher
 from serve.settings import Settings
 from serve.store import load_served
 
@@ -83,6 +83,52 @@ def test_users_arriving_over_a_few_rounds_join_one_run_and_a_lone_one_is_not_hel
 
     asyncio.run(staggered())
     assert runs == [5, 1]
+
+
+def test_a_run_waits_for_requests_on_their_way_and_only_for_a_while(served):
+    v1, _ = served
+
+    async def ask(b: TowerBatcher, i: int, way: float | int | None = None, start: int = 0):
+        """A live request: it starts ``start`` rounds late, then awaits ``way`` (rounds of the loop, or seconds)
+        on its way (inside on_the_way when given), then asks for its state."""
+        for _ in range(start):
+            await asyncio.sleep(0)
+        if way is not None:
+            with b.on_the_way():
+                if isinstance(way, float):
+                    await asyncio.sleep(way)
+                else:
+                    for _ in range(way):
+                        await asyncio.sleep(0)
+        return await b.state(v1, None, fresh_events(v1, i), [SERVED])
+
+    async def runs_of(*requests) -> list[int]:
+        runs = []
+        b = TowerBatcher(64, runs.append)
+        await asyncio.gather(*(ask(b, i, *r) for i, r in enumerate(requests)))
+        return runs
+
+    rounds = 3 * MAX_HOPS  # past the rounds a run waits for arrivals it does not expect
+    # The first asks a round after the others set off, on their way for many rounds: one run for the three.
+    assert asyncio.run(runs_of((None, 1), (rounds,), (rounds + 2,))) == [3]
+    assert asyncio.run(runs_of((None, 1), (None, rounds))) == [1, 1]  # the same arrival, not announced
+    assert asyncio.run(runs_of((None, 0), (rounds, 2))) == [1, 1]  # set off after the run was asked for
+    late = 500 * MAX_WAIT_S  # on its way far longer than a run waits; the bound below leaves room for a slow run
+
+    async def timed() -> tuple[list[int], float]:
+        runs = []
+        b = TowerBatcher(64, runs.append)
+        loop = asyncio.get_running_loop()
+        first = asyncio.ensure_future(ask(b, 0, late))
+        await asyncio.sleep(0)
+        start = loop.time()
+        await ask(b, 1)  # asked for while the other is on its way: waits MAX_WAIT_S, not ``late``
+        waited = loop.time() - start
+        await first
+        return runs, waited
+
+    runs, waited = asyncio.run(timed())
+    assert runs == [1, 1] and waited < late / 2
 
 
 def test_an_error_in_the_run_reaches_every_request_of_the_batch(served):
