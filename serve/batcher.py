@@ -15,7 +15,7 @@ of the loop (microseconds), never for a timer.
 A live request on its way (``on_the_way``: reading the user's live events from Redis, a round trip) when a run
 is first asked for is waited for as well: under load its read ends a few rounds later than the others', and it
 would otherwise start a run of its own. The run waits for those requests only (not for ones that start later),
-and for at most MAX_WAIT_S.
+and for at most ``max_wait_s`` (the setting ``live_wait_s``; 0: not at all).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from retrieval.live import EventTail
 from serve.store import Served, UserState
 
 MAX_HOPS = 4  # rounds of the event loop a run waits while each adds users
-MAX_WAIT_S = 0.002  # the longest a run waits for the live requests that were on their way when it was asked for
 
 
 class _Waiting(NamedTuple):
@@ -45,10 +44,12 @@ class TowerBatcher:
     """Collects live users for one tower run (see the module doc); at most ``max_batch`` users per run (1: every
     user alone, as without batching). ``on_run(size)`` is told each run's batch size (the metrics)."""
 
-    def __init__(self, max_batch: int, on_run=None):
+    def __init__(self, max_batch: int, on_run=None, max_wait_s: float = 0.0):
+        """max_wait_s: the longest a run waits for the live requests that were on their way when it was asked for
+        (the service passes its ``live_wait_s``; 0: none)."""
         if max_batch < 1:
             raise ValueError(f"max_batch is {max_batch}; expected at least 1")
-        self.max_batch, self.on_run = max_batch, on_run
+        self.max_batch, self.on_run, self.max_wait_s = max_batch, on_run, max_wait_s
         self.waiting: list[_Waiting] = []
         self.coming: set[int] = set()  # live requests on their way (on_the_way), by ticket
         self.expected: set[int] = set()  # those the open run waits for
@@ -76,9 +77,9 @@ class TowerBatcher:
         loop = asyncio.get_running_loop()
         if not self.waiting:
             self._run_id += 1
-            self.expected = set(self.coming)
+            self.expected = set(self.coming) if self.max_wait_s > 0 else set()
             if self.expected:
-                self._timer = loop.call_later(MAX_WAIT_S, self._expire, self._run_id)
+                self._timer = loop.call_later(self.max_wait_s, self._expire, self._run_id)
             loop.call_soon(self._tick, self._run_id, 0, 0)
         done = loop.create_future()
         self.waiting.append(_Waiting(served, user, fresh, heads, done))

@@ -40,7 +40,8 @@ class Service:
     unsettled_since: float | None = None  # a new version serves, and what was alive is not frozen again yet
 
     def __post_init__(self) -> None:
-        self.batcher = TowerBatcher(self.settings.live_batch, self.metrics.live_batch.observe)
+        self.batcher = TowerBatcher(self.settings.live_batch, self.metrics.live_batch.observe,
+                                    self.settings.live_wait_s)
         if self.settings.control_dir is not None:
             self.journal = Journal(self.settings.control_dir, self.settings.workers)
 

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
                                 "(least recently used evicted)")
     live_batch: int = Field(64, ge=1, description="most live users one run of the user tower embeds: requests "
                             "that arrive together are embedded together (serve/batcher.py); 1 = each alone")
+    live_wait_s: float = Field(0.002, ge=0, le=1, description="how long a run of the user tower may wait for the "
+                               "live requests still reading their user's live events (Redis) when it was asked for "
+                               "(serve/batcher.py); 0 = only for requests that reach it within a few rounds of the "
+                               "event loop")
     max_request_events: int = Field(200, ge=1, description="most events one POST /candidates may carry")
     max_post_events: int = Field(1000, ge=1, description="most events one POST /events may carry")
     log_level: str = Field("info", description="uvicorn log level")

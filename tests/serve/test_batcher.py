@@ -14,7 +14,7 @@ from helpers import TOKEN
 from retrieval.heads import SERVED
 from retrieval.live import EventTail
 from serve.app import create_app
-from serve.batcher import MAX_HOPS, MAX_WAIT_S, TowerBatcher
+from serve.batcher import MAX_HOPS, TowerBatcher
 from serve.settings import Settings
 from serve.store import load_served
 
@@ -102,9 +102,9 @@ def test_a_run_waits_for_requests_on_their_way_and_only_for_a_while(served):
                         await asyncio.sleep(0)
         return await b.state(v1, None, fresh_events(v1, i), [SERVED])
 
-    async def runs_of(*requests) -> list[int]:
+    async def runs_of(*requests, wait: float = 0.002) -> list[int]:
         runs = []
-        b = TowerBatcher(64, runs.append)
+        b = TowerBatcher(64, runs.append, wait)
         await asyncio.gather(*(ask(b, i, *r) for i, r in enumerate(requests)))
         return runs
 
@@ -113,16 +113,17 @@ def test_a_run_waits_for_requests_on_their_way_and_only_for_a_while(served):
     assert asyncio.run(runs_of((None, 1), (rounds,), (rounds + 2,))) == [3]
     assert asyncio.run(runs_of((None, 1), (None, rounds))) == [1, 1]  # the same arrival, not announced
     assert asyncio.run(runs_of((None, 0), (rounds, 2))) == [1, 1]  # set off after the run was asked for
-    late = 500 * MAX_WAIT_S  # on its way far longer than a run waits; the bound below leaves room for a slow run
+    assert asyncio.run(runs_of((None, 1), (rounds,), wait=0)) == [1, 1]  # live_wait_s 0: no waiting for it
+    late = 1.0  # on its way far longer than a run waits (0.002 s); the bound below leaves room for a slow run
 
     async def timed() -> tuple[list[int], float]:
         runs = []
-        b = TowerBatcher(64, runs.append)
+        b = TowerBatcher(64, runs.append, 0.002)
         loop = asyncio.get_running_loop()
         first = asyncio.ensure_future(ask(b, 0, late))
         await asyncio.sleep(0)
         start = loop.time()
-        await ask(b, 1)  # asked for while the other is on its way: waits MAX_WAIT_S, not ``late``
+        await ask(b, 1)  # asked for while the other is on its way: waits 2 ms, not ``late``
         waited = loop.time() - start
         await first
         return runs, waited
