@@ -111,9 +111,10 @@ def fit_encoder(spec: dict[str, Any], col: pa.Array, path: str) -> dict[str, Any
         n, shared = shared_buckets(col, spec["buckets"])
         if n and shared / n > SHARED_WARN:
             log.warning("features: %s: '%s' hashes %d distinct values into %d buckets, and %d of them (%.0f%%) share "
-                        "their bucket with another; raise its buckets (about %d keep that under %.0f%%), or make it "
-                        "categorical if new values need no row", path, name, n, spec["buckets"], shared,
-                        100 * shared / n, 1 << int(np.ceil(np.log2(n / SHARED_WARN))), 100 * SHARED_WARN)
+                        "their bucket with another, so the model cannot tell those apart; where it should, raise its "
+                        "buckets (about %d keep that under %.0f%%; compare on the validation window)", path, name, n,
+                        spec["buckets"], shared, 100 * shared / n, 1 << int(np.ceil(np.log2(n / SHARED_WARN))),
+                        100 * SHARED_WARN)
     elif kind == "multi_hot":
         if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
             raise DataError(f"features: {path}: column '{name}' has type {col.type}; multi_hot needs a list column")
