@@ -55,6 +55,13 @@ def lua(method: str, paths: list[str], bodies: list[str], folder: Path, name: st
     return str(path)
 
 
+def tower_runs(port: int) -> dict[str, float]:
+    """{sum, count} of a service's users per run of the user tower (its /metrics histogram)."""
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {m.group(1): float(m.group(2)) for m in re.finditer(
+        r"^retrieval_live_batch_users_(sum|count) (\S+)$", scraped, re.M)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--artifact", default=None)
@@ -113,12 +120,7 @@ def main() -> None:
             for (n, c), runs in rounds.items():
                 runs.append(wrk(names[n][1], c, a.seconds, names[n][0]))
         loaded = rss_mib(servers[0].pid)
-        scraped = urllib.request.urlopen(f"http://127.0.0.1:{a.port}/metrics", timeout=10).read().decode()
-        batch = {m.group(1): float(m.group(2)) for m in re.finditer(
-            r"^retrieval_live_batch_users_(sum|count) (\S+)$", scraped, re.M)}
-        scraped = urllib.request.urlopen(f"http://127.0.0.1:{nowait_port}/metrics", timeout=10).read().decode()
-        nowait = {m.group(1): float(m.group(2)) for m in re.finditer(
-            r"^retrieval_live_batch_users_(sum|count) (\S+)$", scraped, re.M)}
+        batch, nowait = tower_runs(a.port), tower_runs(nowait_port)
     finally:
         for srv in servers:
             srv.terminate()
