@@ -11,11 +11,11 @@ from torch import Tensor, nn
 
 from retrieval.corpus import DEFAULT_ROLES
 from retrieval.frequency import StreamingFrequency
-from retrieval.heads import event_multipliers, heads_of, role_spec
+from retrieval.heads import SERVED, event_multipliers, heads_of, role_spec
 from retrieval.inference import TwoTower
-from retrieval.losses import Candidates, bonus_nll, softmax_logits, softmax_nll
+from retrieval.losses import Candidates, biased_scores, bonus_nll, column_bias, softmax_nll_lse
 from retrieval.metrics import recall_at_k
-from retrieval.repeat import history_affinity
+from retrieval.repeat import history_entries
 
 
 class TwoTowerModel(L.LightningModule):
@@ -96,51 +96,60 @@ class TwoTowerModel(L.LightningModule):
             sd[f"net.{k}"] = sd.pop(k)
 
     # ---- training ----
-    def _head_loss(self, head: str, u: dict[str, Tensor], p: dict[str, Tensor], n: dict[str, Tensor] | None,
-                   weight: Tensor, batch: dict[str, Any], cand_log_q: Tensor | None,
+    def _head_loss(self, head: str, u: Tensor, emb: Tensor, weight: Tensor, bias: Tensor,
                    affinity: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
-        net, h = self.net, self.hparams
+        """One head's loss: its sampled softmax of user vectors u [B, (K,) D] over the B in-batch and N sampled
+        columns (emb [B + N, D]), rows of weight > 0. bias: [B, B + N] the step's column_bias (logQ and masks: the
+        same for every head); affinity: the repeat term's entries (rows, columns, history weights)."""
+        net, B = self.net, weight.shape[0]
         rows = torch.nonzero(weight > 0).squeeze(1)
         if rows.numel() == 0:  # keeps every parameter in the graph (DDP) with a zero loss
-            zero = (u[head].sum() + p[head].sum()) * 0.0
+            zero = (u.sum() + emb.sum()) * 0.0
             return zero if net.repeat_raw is None else zero + net.repeat_raw.sum() * 0.0
-        cand = Candidates(p[head], batch["pos_item"], cand_log_q, batch["user_key"])
-        neg = None if n is None else Candidates(n[head], batch["neg_item"], batch["neg_log_q"] if h.logq else None)
-        logits = softmax_logits(net.query(u[head][rows]), rows, batch["user_key"][rows], cand, neg)  # [R, B + N]
-        lse = torch.logsumexp(logits, dim=1)  # [R]
-        loss = softmax_nll(logits, rows, weight[rows], lse)
+        query = net.query(u)
+        subset = rows.numel() * 2 < B  # a head of few positives computes its rows alone; others all, weighing 0
+        if subset:
+            query, bias = query[rows], bias[rows]
+        target, weight = (rows, weight[rows]) if subset else (torch.arange(B, device=weight.device), weight)
+        logits = biased_scores(query, emb, bias)  # [R, B + N]
+        loss, lse = softmax_nll_lse(logits, target, weight)
         if affinity is not None:
             # The term's scale is fitted on the towers' scores held fixed (a second softmax over detached
             # logits). Trained through the same softmax, the towers learn to push the user's other history
             # items away to offset the term and lose their similarity structure (validation recall falls).
             # The bonus is non-zero only at a row's history items among the columns: read there alone.
             example, column, value = affinity  # [P] each: batch row, column, history weight
-            row_of = torch.full((weight.shape[0],), -1, dtype=torch.long, device=weight.device)
-            row_of[rows] = torch.arange(rows.numel(), device=weight.device)  # batch row -> row of the logits
-            keep = row_of[example] >= 0
-            bonus = net.repeat_term(value[keep], head) / net.temperature  # [P'] in logit units
-            loss = loss + bonus_nll(logits.detach(), lse.detach(), rows, weight[rows],
-                                    (row_of[example[keep]], column[keep]), bonus)
+            if subset:
+                row_of = torch.full((B,), -1, dtype=torch.long, device=weight.device)
+                row_of[rows] = torch.arange(rows.numel(), device=weight.device)  # batch row -> row of the logits
+                keep = row_of[example] >= 0
+                example, column, value = row_of[example[keep]], column[keep], value[keep]
+            bonus = net.repeat_term(value, head) / net.temperature  # [P'] in logit units
+            loss = loss + bonus_nll(logits.detach(), lse, target, weight, (example, column), bonus)
         return loss
 
     def _step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         net, h = self.net, self.hparams
-        u, p = net.user_tower(batch["user"]), net.item_tower(batch["pos"])
-        n = net.item_tower(batch["neg"]) if batch["neg_item"].numel() else None
+        B, N = batch["pos_item"].shape[0], batch["neg_item"].shape[0]
+        u = net.user_tower(batch["user"])
+        pos_neg = {k: torch.cat([v, batch["neg"][k]]) for k, v in batch["pos"].items()} if N else batch["pos"]
+        items = net.item_tower(pos_neg)  # [B + N, D] per head: positives and negatives through the tower at once
         if self.training:
             self.freq.update(batch["pos_item"])
-        cand_log_q = self.freq.log_prob(batch["pos_item"]) if h.logq else None
-        w, event = batch["weight"], batch["event"]
+        w, event, users = batch["weight"], batch["event"], batch["user_key"]
+        # What depends on ids alone is computed once for all heads: the masks and logQ of every column, and each
+        # row's history weight of every column (the repeat term), kept as its few non-zero entries.
+        cand = Candidates(None, batch["pos_item"], self.freq.log_prob(batch["pos_item"]) if h.logq else None, users)
+        neg = None if not N else Candidates(None, batch["neg_item"], batch["neg_log_q"] if h.logq else None)
+        bias = column_bias(torch.arange(B, device=w.device), users, cand, neg, u[SERVED].dtype)  # [B, B + N]
         affinity = None
-        if net.repeat_raw is not None:  # each user's history weight of every candidate column: [B, B + N], few
-            dense = history_affinity(batch["user"]["hist_rows"], batch["user"]["hist_weights"],  # non-zero, so
-                                     torch.cat([batch["pos_item"], batch["neg_item"]]))  # kept as its entries
-            at = dense.nonzero(as_tuple=True)
-            affinity = (*at, dense[at])
+        if net.repeat_raw is not None:
+            affinity = history_entries(batch["user"]["hist_rows"], batch["user"]["hist_weights"],
+                                       torch.cat([batch["pos_item"], batch["neg_item"]]))
         out, total = {}, None
         for i, head in enumerate(self.head_specs):  # [B] an example's weight in this head: its weight x multiplier
-            out[head.name] = self._head_loss(head.name, u, p, n, w * self.event_mult[i][event], batch, cand_log_q,
-                                             affinity)
+            out[head.name] = self._head_loss(head.name, u[head.name], items[head.name], w * self.event_mult[i][event],
+                                             bias, affinity)
             term = head.weight * out[head.name]
             total = term if total is None else total + term
         out["total"] = total

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from retrieval.history import merge_repeats
+from retrieval.losses import matches
 
 
 def history_affinity(hist_rows: Tensor, hist_weights: Tensor, cand_rows: Tensor) -> Tensor:
@@ -35,6 +36,24 @@ def history_affinity(hist_rows: Tensor, hist_weights: Tensor, cand_rows: Tensor)
     out = torch.zeros(hist_rows.shape[0], len(uniq), dtype=hist_weights.dtype, device=hist_weights.device)
     out.scatter_add_(1, pos, torch.where(hit, hist_weights, torch.zeros_like(hist_weights)))
     return out[:, inverse]
+
+
+def history_entries(hist_rows: Tensor, hist_weights: Tensor, cand_rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The non-zero entries of ``history_affinity(hist_rows, hist_weights, cand_rows)``, in (row, column) order:
+    rows [P], columns [P], summed weights [P].
+
+    A sorted join of the history events with the candidate columns, each (row, column) summed once: the dense
+    [B, N] it replaces is almost all zeros, and scanning it for the few entries cost more than the rest of the
+    repeat term."""
+    B, L = hist_rows.shape
+    N = cand_rows.shape[0]
+    event, column = matches(hist_rows.reshape(-1) - 1, cand_rows)  # [M] pairs; padding (-1) matches no row
+    key, inverse = torch.unique(torch.div(event, L, rounding_mode="floor") * N + column, return_inverse=True)
+    value = torch.zeros(key.shape[0], dtype=hist_weights.dtype, device=hist_weights.device).index_add_(
+        0, inverse, hist_weights.reshape(-1)[event])
+    keep = value != 0
+    key = key[keep]
+    return torch.div(key, N, rounding_mode="floor"), key % N, value[keep]
 
 
 def history_items(hist_rows: np.ndarray, hist_weights: np.ndarray,

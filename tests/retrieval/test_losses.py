@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from retrieval.losses import Candidates, bonus_nll, interest_scores, softmax_logits, softmax_nll
+from retrieval.losses import (Candidates, bonus_nll, column_bias, interest_scores, matches, softmax_logits, softmax_nll,
+                              softmax_nll_lse)
 
 
 def sampled_softmax_loss(query, target, weight, query_user, cand, cand_item, cand_user, cand_log_q=None, neg=None,
@@ -151,7 +152,10 @@ def test_sorted_join_mask_equals_the_dense_product():
         items = torch.randint(0, 40, (64,), generator=g)
         negs = torch.randint(0, 40, (50,), generator=g)
         dense = ((users[:, None] == users[None, :]).float() @ (items[:, None] == negs[None, :]).float()) > 0
-        assert torch.equal(dense, _negatives_of_users_positives(users, items, users, negs))
+        r, n = _negatives_of_users_positives(users, items, users, negs)
+        got = torch.zeros_like(dense)
+        got[r, n] = True
+        assert torch.equal(dense, got)
 
 
 def test_interest_scores_are_the_best_interest():
@@ -160,6 +164,26 @@ def test_interest_scores_are_the_best_interest():
     want = torch.tensor([[max(float(q[r, k] @ c[j]) for k in range(3)) for j in range(7)] for r in range(5)])
     assert torch.allclose(interest_scores(q, c), want, atol=1e-6)
     assert torch.allclose(interest_scores(q[:, 0], c), q[:, 0] @ c.T)
+
+
+def test_interest_gradients_are_the_dense_maxs():
+    """The best-interest scores' own backward gives autograd's gradients through a max over [R, K, C]."""
+    g = torch.Generator().manual_seed(1)
+    q, c = torch.randn(6, 3, 5, generator=g, dtype=torch.float64), torch.randn(9, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(6, 9, generator=g, dtype=torch.float64)
+    q1, c1, q2, c2 = (t.clone().requires_grad_(True) for t in (q, c, q, c))
+    (interest_scores(q1, c1) * w).sum().backward()
+    ((q2 @ c2.T).max(dim=1).values * w).sum().backward()  # q2 @ c2.T: [6, 3, 9]
+    assert torch.allclose(q1.grad, q2.grad) and torch.allclose(c1.grad, c2.grad)
+    assert q1.grad.abs().sum(2).ne(0).sum() > 6  # more than one interest of a row gets gradient
+    q[0] = q[0, :1]  # a user without history: every interest the same, every score a tie
+    q1, c1 = q.clone().requires_grad_(True), c.clone().requires_grad_(True)
+    (interest_scores(q1, c1) * w).sum().backward()
+    one = q[0, 0].clone().requires_grad_(True)
+    ((one @ c.T) * w[0]).sum().backward()
+    # Each score's gradient goes to one interest (which one, between equal vectors, is up to rounding in the
+    # products): together they are the one vector's, never counted twice.
+    assert torch.allclose(q1.grad[0].sum(0), one.grad)
 
 
 def test_matches_reference_with_interests():
@@ -202,3 +226,47 @@ def test_sparse_bonus_equals_the_dense_one():
     no_bonus = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
     assert torch.allclose(bonus_nll(logits, torch.logsumexp(logits, 1), target, weight, no_bonus, torch.zeros(0)),
                           softmax_nll(logits, target, weight))
+
+
+def test_matches_are_every_equal_pair():
+    g = torch.Generator().manual_seed(0)
+    for n in (0, 1, 30):
+        query, keys = torch.randint(0, 8, (n,), generator=g), torch.randint(0, 8, (25,), generator=g)
+        r, j = matches(query, keys)
+        want = {(a, b) for a in range(n) for b in range(25) if query[a] == keys[b]}
+        assert set(zip(r.tolist(), j.tolist(), strict=True)) == want and len(r) == len(want)
+
+
+def test_column_bias_is_shared_by_rows_and_heads():
+    """The bias of all rows, indexed at a subset, is the subset's own: a head may compute its rows alone."""
+    a = make(3)
+    cand = Candidates(None, a["cand_item"], a["cand_log_q"], a["cand_user"])
+    neg = Candidates(None, a["neg_item"], a["neg_log_q"])
+    full = column_bias(a["target"], a["query_user"], cand, neg, torch.float64)
+    rows = torch.tensor([1, 4, 6])
+    assert torch.equal(full[rows], column_bias(rows, a["query_user"][rows], cand, neg, torch.float64))
+    assert torch.isinf(full).sum() > 0 and torch.isfinite(full[torch.arange(8), a["target"]]).all()
+
+
+def test_fused_nll_matches_log_softmax_in_value_lse_and_gradient():
+    """softmax_nll's backward reads the saved probabilities; the reference is autograd through log_softmax. A
+    target far below its row's maximum (its probability under float32's smallest normal) keeps an exact loss."""
+    g = torch.Generator().manual_seed(0)
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        R, C = 16, 40
+        logits = torch.randn(R, C, generator=g, dtype=dtype) * 3
+        logits[torch.rand(R, C, generator=g) < 0.2] = float("-inf")
+        target = torch.randint(0, C, (R,), generator=g)
+        logits[torch.arange(R), target] = torch.randn(R, generator=g, dtype=dtype)
+        logits[5, target[5]] = -150.0  # exp(-150 - max) is 0 in float32
+        weight = torch.rand(R, generator=g, dtype=dtype)
+        weight[3] = 0.0
+        x = logits.clone().requires_grad_(True)
+        y = logits.clone().requires_grad_(True)
+        got, lse = softmax_nll_lse(x, target, weight)
+        want = -(y.log_softmax(1)[torch.arange(R), target] * weight).sum() / weight.sum()
+        got.backward()
+        want.backward()
+        assert torch.isfinite(got) and abs(float((got - want).detach())) < tol * abs(float(want.detach()))
+        assert torch.allclose(lse, torch.logsumexp(logits, 1), rtol=tol)
+        assert torch.allclose(x.grad, y.grad, atol=tol) and x.grad[3].abs().sum() == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from retrieval.repeat import history_affinity, history_items
+from retrieval.repeat import history_affinity, history_entries, history_items
 
 
 def bag(seed=0, B=5, L=9, n_items=12):
@@ -31,6 +31,18 @@ def test_affinity_matches_brute_force_with_repeated_and_absent_candidates():
         rows, weights = bag(seed)
         cands = torch.tensor([3, 0, 3, 11, 7, 25, 0, 5])  # repeats, and row 25 no history can hold
         assert torch.allclose(history_affinity(rows, weights, cands), brute(rows, weights, cands), atol=1e-6)
+
+
+def test_entries_are_the_dense_affinitys_non_zero_ones():
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        rows = torch.randint(0, 9, (7, 6), generator=g)  # 0 = padding; items repeat within a bag
+        weights = torch.rand(7, 6, generator=g) * (torch.rand(7, 6, generator=g) > 0.2)  # some events weigh 0
+        cands = torch.randint(0, 10, (15,), generator=g)  # repeated and absent candidates
+        dense = history_affinity(rows, weights, cands)
+        r, c, v = history_entries(rows, weights, cands)
+        at = dense.nonzero(as_tuple=True)
+        assert torch.equal(r, at[0]) and torch.equal(c, at[1]) and torch.allclose(v, dense[at])
 
 
 def test_dense_affinity_matches_brute_force_over_the_catalogue():
