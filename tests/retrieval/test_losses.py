@@ -6,8 +6,16 @@ import math
 
 import torch
 
-from retrieval.losses import (Candidates, bonus_nll, column_bias, interest_scores, matches, softmax_logits, softmax_nll,
-                              softmax_nll_lse)
+from retrieval.losses import (
+    Candidates,
+    bonus_nll,
+    column_bias,
+    interest_scores,
+    matches,
+    softmax_logits,
+    softmax_nll,
+    softmax_nll_lse,
+)
 
 
 def sampled_softmax_loss(query, target, weight, query_user, cand, cand_item, cand_user, cand_log_q=None, neg=None,
