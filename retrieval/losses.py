@@ -22,6 +22,7 @@ class _BestInterest(torch.autograd.Function):
     more than the products). Each score's gradient goes to one interest, even where interests tie."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")  # backward runs under forward's autocast: its products match dtypes
     def forward(ctx, query: Tensor, cand: Tensor) -> Tensor:
         best = query[:, 0] @ cand.T  # [R, C]
         # [R, C] the best interest so far, as floats: comparisons written into float tensors and max/mul stay on
@@ -36,10 +37,12 @@ class _BestInterest(torch.autograd.Function):
         return best
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
         query, cand, which = ctx.saved_tensors
+        grad = grad.to(query.dtype)  # a bf16 product's gradient, outside autocast (Lightning's bf16-mixed on a CPU)
         grad_query, grad_cand = torch.empty_like(query), torch.zeros_like(cand)
-        g = torch.empty_like(which)
+        g = torch.empty_like(grad)
         for k in range(query.shape[1]):
             torch.eq(which, k, out=g).mul_(grad)  # [R, C] the gradient of the entries interest k won
             grad_query[:, k] = g @ cand
@@ -77,8 +80,11 @@ def softmax_logits(query: Tensor, target: Tensor, query_user: Tensor, cand: Cand
 
 def biased_scores(query: Tensor, emb: Tensor, bias: Tensor) -> Tensor:
     """[R, C] interest_scores(query, emb) + bias; for one vector per row, bias is the product's starting value
-    (addmm): no separate pass over the [R, C] logits, forward or backward."""
-    return torch.addmm(bias, query, emb.T) if query.dim() == 2 else interest_scores(query, emb) + bias
+    (addmm): no separate pass over the [R, C] logits, forward or backward. Under autocast the product is bf16, and
+    the bias (logQ) is added in its own precision instead of being rounded into the product's."""
+    if query.dim() == 2 and not torch.is_autocast_enabled(query.device.type):
+        return torch.addmm(bias, query, emb.T)
+    return interest_scores(query, emb) + bias
 
 
 def column_bias(target: Tensor, query_user: Tensor, cand: Candidates, neg: Candidates | None = None,
@@ -143,6 +149,7 @@ class _SoftmaxNLL(torch.autograd.Function):
     probabilities: one exp pass over [R, C], where log_softmax takes one forward and one backward."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, logits: Tensor, target: Tensor, coef: Tensor) -> tuple[Tensor, Tensor]:
         rows = torch.arange(logits.shape[0], device=logits.device)
         p = torch.softmax(logits, 1)  # [R, C]
@@ -157,6 +164,7 @@ class _SoftmaxNLL(torch.autograd.Function):
         return ((lse - at) * coef).sum(), lse
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad: Tensor, _grad_lse: Tensor) -> tuple[Tensor, None, None]:
         p, target, coef = ctx.saved_tensors
         g = coef * grad  # [R]

@@ -197,3 +197,28 @@ def test_a_fit_off_a_terminal_prints_a_line_per_epoch_with_the_validation_recall
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
     assert [line.split(" | ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
     assert all("val/conv_recall@100 " in line and "(best " in line and line.endswith(" s") for line in lines)
+
+
+@pytest.mark.parametrize("interests", [1, 4])
+def test_a_bf16_autocast_step_on_the_cpu_is_within_tolerance_and_its_gradients_finite(tiny_world, interests):
+    """The loss's own backward passes (retrieval/losses.py) under bf16 autocast, as Lightning's bf16-mixed runs
+    them on a CPU: the loss near fp32's, every gradient finite (the CUDA run is tests/retrieval/test_train_gpu.py)."""
+    from retrieval.inference import to_torch
+    from retrieval.model import TwoTowerModel
+
+    c = tiny_corpus(tiny_world)
+    torch.manual_seed(0)
+    m = TwoTowerModel(c.item_vocab.spec(), {**c.user_vocab.spec(), "history_features": c.history_features},
+                      embed_dim=8, hidden=[16], out_dim=6, interests=interests).eval()
+    b = c.example_batch(c.examples(0)[:128])
+    neg = np.arange(40)
+    b.update(neg=c.item_batch(neg), neg_item=neg, neg_log_q=np.full(40, np.log(40 / c.n_items), np.float32))
+    b = to_torch(b)
+    fp32 = {k: float(v.detach()) for k, v in m._step(b).items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = m._step(b)
+    losses["total"].backward()
+    for k, v in fp32.items():
+        assert float(losses[k].detach()) == pytest.approx(v, rel=3e-2, abs=3e-2), (k, fp32, losses)
+    grads = [p.grad.coalesce().values() if p.grad.is_sparse else p.grad for p in m.parameters() if p.grad is not None]
+    assert len(grads) > 5 and all(torch.isfinite(g).all() for g in grads)
