@@ -45,8 +45,7 @@ def history_entries(hist_rows: Tensor, hist_weights: Tensor, cand_rows: Tensor) 
     A sorted join of the history events with the candidate columns, each (row, column) summed once: the dense
     [B, N] it replaces is almost all zeros, and scanning it for the few entries cost more than the rest of the
     repeat term."""
-    B, L = hist_rows.shape
-    N = cand_rows.shape[0]
+    L, N = hist_rows.shape[1], cand_rows.shape[0]
     event, column = matches(hist_rows.reshape(-1) - 1, cand_rows)  # [M] pairs; padding (-1) matches no row
     key, inverse = torch.unique(torch.div(event, L, rounding_mode="floor") * N + column, return_inverse=True)
     value = torch.zeros(key.shape[0], dtype=hist_weights.dtype, device=hist_weights.device).index_add_(

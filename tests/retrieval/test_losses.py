@@ -205,16 +205,22 @@ def test_matches_reference_with_interests():
         assert not torch.allclose(loss, sampled_softmax_loss(**dict(a, query=a["query"][:, 0])))
 
 
+def masked_logits(g: torch.Generator, R: int, C: int, dtype: torch.dtype, scale: float) -> tuple:
+    """[R, C] random logits, a fifth of them masked (-inf), and [R] target columns, which are never masked."""
+    logits = torch.randn(R, C, generator=g, dtype=dtype) * scale
+    logits[torch.rand(R, C, generator=g) < 0.2] = float("-inf")
+    target = torch.randint(0, C, (R,), generator=g)
+    logits[torch.arange(R), target] = torch.randn(R, generator=g, dtype=dtype)
+    return logits, target
+
+
 def test_sparse_bonus_equals_the_dense_one():
     """bonus_nll reads only the bonus's few entries and gives the loss, and the bonus's gradient, of adding it to
     every logit: masked columns among them, large bonuses, rows without any, and a bonus on the target."""
     g = torch.Generator().manual_seed(0)
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
         R, C = 12, 30
-        logits = torch.randn(R, C, generator=g, dtype=dtype) * 4
-        logits[torch.rand(R, C, generator=g) < 0.2] = float("-inf")
-        target = torch.randint(0, C, (R,), generator=g)
-        logits[torch.arange(R), target] = torch.randn(R, generator=g, dtype=dtype)  # the target is never masked
+        logits, target = masked_logits(g, R, C, dtype, scale=4)
         weight = torch.rand(R, generator=g, dtype=dtype) + 0.1
         dense = torch.zeros(R, C, dtype=dtype)
         pick = torch.rand(R, C, generator=g) < 0.15
@@ -262,10 +268,7 @@ def test_fused_nll_matches_log_softmax_in_value_lse_and_gradient():
     g = torch.Generator().manual_seed(0)
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
         R, C = 16, 40
-        logits = torch.randn(R, C, generator=g, dtype=dtype) * 3
-        logits[torch.rand(R, C, generator=g) < 0.2] = float("-inf")
-        target = torch.randint(0, C, (R,), generator=g)
-        logits[torch.arange(R), target] = torch.randn(R, generator=g, dtype=dtype)
+        logits, target = masked_logits(g, R, C, dtype, scale=3)
         logits[5, target[5]] = -150.0  # exp(-150 - max) is 0 in float32
         weight = torch.rand(R, generator=g, dtype=dtype)
         weight[3] = 0.0
