@@ -95,6 +95,19 @@ def apply_search_params(index: faiss.Index, params: dict[str, Any]) -> None:
         faiss.ParameterSpace().set_index_parameter(index, name, value)
 
 
+def stored_vectors(index: faiss.Index) -> np.ndarray | None:
+    """The vectors an exact-storage index holds (IndexFlat, or HNSW over one) as an [N, D] view of its memory,
+    no copy; None for other indexes (quantised, IVF, GPU). The view lives as long as the index is not added to:
+    the service never adds to an index it serves (serve/store.py clones one before an add)."""
+    flat = faiss.downcast_index(index.storage) if isinstance(index, faiss.IndexHNSW) else index
+    if not isinstance(flat, faiss.IndexFlat):
+        return None
+    n = flat.ntotal
+    if n == 0:
+        return np.zeros((0, flat.d), np.float32)
+    return faiss.rev_swig_ptr(flat.get_xb(), n * flat.d).reshape(n, flat.d)
+
+
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The top ``k`` of one user's K interest queries [K, D]: (scores, rows) best first, either [K, k] (one list
     per query, as ``index.search`` returns) or [1, k] (each item once, scored by its best query: the lists
@@ -108,7 +121,7 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     if type(index) is not faiss.IndexFlatIP or len(queries) == 0:
         return index.search(queries, k)
     n = index.ntotal
-    xb = faiss.rev_swig_ptr(index.get_xb(), n * index.d).reshape(n, index.d)  # [N, D] a view, no copy
+    xb = stored_vectors(index)  # [N, D] a view, no copy
     best = (queries @ xb.T).max(axis=0)  # [K, N] -> [N] each item's best query (max over contiguous rows)
     m = min(k, n)
     part = np.sort(np.argpartition(-best, m - 1)[:m]) if m < n else np.arange(n)  # rows ascending: ties by row

@@ -50,6 +50,56 @@ def _weighted_bag(codes: Tensor, weights: Tensor, table: nn.Embedding) -> Tensor
     return bag / w.sum(1, keepdim=True).clamp_min(1e-6)
 
 
+def _full(t: Tensor) -> Tensor:
+    """float32 for a half-precision tensor; float32 and float64 as they are."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+class _PooledBags(torch.autograd.Function):
+    """InterestPooling's attention and its K pooled bags over T history tables, computed table by table: the T
+    [B, L, E] embedding rows are never concatenated into one [B, L, T * E] tensor, and in backward each
+    table's gradient is one batched product, [B, L, 2K] @ [B, 2K, E], where autograd through the concatenated
+    form wrote two [B, L, T * E] gradients (through the keys and through the pooling), added them and split the
+    sum. Those passes over the history are most of a four-interest step on a long history.
+
+    forward(key [K, T * E], bias [B, L] (log history weight, -inf where masked), *embs: T x [B, L, E]) ->
+    attention [B, K, L] (0 on a row with nothing to attend to), pooled [B, K, T * E]. Runs in float32 (or 64)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
+    def forward(ctx, key: Tensor, bias: Tensor, *embs: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.autocast(embs[0].device.type, enabled=False):  # CPU autocast too: bf16 here would mix dtypes
+            key, bias, embs = _full(key), _full(bias), [_full(e) for e in embs]
+            keys = key.split(embs[0].shape[2], dim=1)  # T x [K, E]
+            logits = bias[:, None, :] + sum(k @ e.transpose(1, 2) for k, e in zip(keys, embs, strict=True))  # [B, K, L]
+            attn = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)  # a row masked whole is nan: 0
+            pooled = torch.cat([attn @ e for e in embs], dim=2)  # [B, K, T * E]
+        ctx.save_for_backward(key, attn, *embs)
+        return attn, pooled
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, g_attn: Tensor | None, g_pooled: Tensor | None):
+        key, attn, *embs = ctx.saved_tensors
+        e_dim = embs[0].shape[2]
+        with torch.autocast(attn.device.type, enabled=False):
+            keys = key.split(e_dim, dim=1)
+            g_pooled = attn.new_zeros(*attn.shape[:2], key.shape[1]) if g_pooled is None else _full(g_pooled)
+            gp = g_pooled.split(e_dim, dim=2)  # T x [B, K, E]
+            g = sum(p @ e.transpose(1, 2) for p, e in zip(gp, embs, strict=True))  # [B, K, L] through the pooling
+            if g_attn is not None:
+                g = g + _full(g_attn)
+            g_logits = attn * (g - (attn * g).sum(-1, keepdim=True))  # softmax backward; 0 where attn is 0
+            left = torch.cat([g_logits, attn], dim=1).transpose(1, 2)  # [B, L, 2K]
+            b = attn.shape[0]
+            g_embs = [torch.bmm(left, torch.cat([k.expand(b, -1, -1), p], dim=1))  # [B, L, E], one write each
+                      for k, p in zip(keys, gp, strict=True)]
+            g_key = torch.cat([(g_logits @ e).sum(0) for e in embs], dim=1) if ctx.needs_input_grad[0] else None
+            g_bias = g_logits.sum(1) if ctx.needs_input_grad[1] else None
+        return (g_key, g_bias, *(ge if need else None for ge, need in zip(g_embs, ctx.needs_input_grad[2:],
+                                                                           strict=True)))
+
+
 class InterestPooling(nn.Module):
     """K attention-weighted bags of the user's history, one per interest (ComiRec-SA, Cen et al. 2020, with
     linear keys): a mean-pooled bag blends a user's interests into one vector, which then ranks the main
@@ -66,11 +116,11 @@ class InterestPooling(nn.Module):
         self.key = nn.Linear(in_dim, interests, bias=False)
         nn.init.normal_(self.key.weight, std=3.0 / in_dim ** 0.5)
 
-    def forward(self, x: Tensor, weights: Tensor, valid: Tensor) -> Tensor:
-        """x [B, L, F], weights / valid [B, L] -> attention [B, K, L] (rows of a user without history are 0)."""
-        logits = self.key(x).transpose(1, 2) + torch.log(weights.clamp_min(1e-12))[:, None, :]  # [B, K, L]
-        logits = logits.masked_fill(~(valid & (weights > 0))[:, None, :], float("-inf"))
-        return torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)
+    def forward(self, embs: list[Tensor], weights: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """embs: T x [B, L, E] (x_h is their concatenation, never built), weights / valid [B, L] -> attention
+        [B, K, L] (rows of a user without history are 0) and the pooled bags [B, K, T * E]."""
+        bias = torch.log(weights.clamp_min(1e-12)).masked_fill(~(valid & (weights > 0)), float("-inf"))  # [B, L]
+        return _PooledBags.apply(self.key.weight, bias, *embs)
 
 
 class Tower(nn.Module):
@@ -132,11 +182,11 @@ class Tower(nn.Module):
         bag, a table's missing codes (0) take no share of its mean."""
         codes = [x["hist_items"]] + [x[f"hist_{n}"] for n in self.history_features]
         tables = [self.history_table] + list(self.history_features.values())
-        hist = torch.cat([F.embedding(c, t.weight, padding_idx=0, sparse=True)
-                          for c, t in zip(codes, tables, strict=True)], dim=2)  # [B, L, E * T], code 0 -> zeros
-        attn = self.pooling(hist, x["hist_weights"], x["hist_rows"] > 0)  # [B, K, L]
-        known = attn @ torch.stack([c > 0 for c in codes], dim=2).to(hist.dtype)  # [B, K, T] share on known codes
-        return (attn @ hist) / known.clamp_min(1e-6).repeat_interleave(tables[0].embedding_dim, dim=2)
+        embs = [F.embedding(c, t.weight, padding_idx=0, sparse=True)
+                for c, t in zip(codes, tables, strict=True)]  # T x [B, L, E], code 0 -> zeros
+        attn, pooled = self.pooling(embs, x["hist_weights"], x["hist_rows"] > 0)  # [B, K, L], [B, K, E * T]
+        known = attn @ torch.stack([c > 0 for c in codes], dim=2).to(attn.dtype)  # [B, K, T] share on known codes
+        return pooled / known.clamp_min(1e-6).repeat_interleave(tables[0].embedding_dim, dim=2)
 
     def forward(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
         h = self.hidden(x)

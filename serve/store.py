@@ -5,6 +5,7 @@ Swapping versions or adding items builds a new ``Served`` and replaces the refer
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable
@@ -20,8 +21,8 @@ import pyarrow.parquet as pq
 import torch
 
 from index.artifact import ArtifactError, Manifest, head_column, read_manifest
-from index.faiss_index import apply_search_params, search, to_gpu
-from retrieval.answer import isin_few, search_width, served_answer
+from index.faiss_index import apply_search_params, search, stored_vectors, to_gpu
+from retrieval.answer import search_width, served_answer
 from retrieval.calibration import Platt
 from retrieval.checkpoint import CheckpointError, Trained, load_trained
 from retrieval.contract import DataError
@@ -43,12 +44,15 @@ class IndexVectors:
 
     def __init__(self, index: faiss.Index):
         self.index = index
+        self.stored = stored_vectors(index)  # [N, D] a view of a Flat or HNSW index's vectors: a gather, no call
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:  # once per index, not per request
             ivf.make_direct_map()
 
     def __getitem__(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, np.int64)
+        if self.stored is not None:
+            return self.stored[rows]
         if len(rows) == 0:
             return np.zeros((0, self.index.d), np.float32)
         return self.index.reconstruct_batch(rows)
@@ -106,6 +110,12 @@ class Served:
     def index(self) -> faiss.Index:
         """The served (conversion) head's index: what the default answer searches."""
         return self.indexes[SERVED]
+
+    @functools.cached_property
+    def vectors(self) -> dict[str, IndexVectors]:
+        """Per head, its item vectors by catalogue row, read from its index. Cached on this Served: its indexes
+        are never added to (:meth:`with_items` makes a new Served with cloned ones)."""
+        return {h: IndexVectors(ix) for h, ix in self.indexes.items()}
 
     @property
     def heads(self) -> list[str]:
@@ -165,13 +175,15 @@ class Served:
         """rows [n] -> {head: full served score [n]}: the best interest's inner product, or a history item's
         score with the repeat term."""
         def exact(rows: np.ndarray) -> dict[str, np.ndarray]:
-            hist = isin_few(rows, state.hist_rows)
-            order = np.argsort(state.hist_rows, kind="stable")
-            where = np.searchsorted(state.hist_rows[order], rows[hist])
+            order = np.argsort(state.hist_rows, kind="stable")  # one sort finds which rows are history, and where
+            ranked = state.hist_rows[order]
+            at = np.searchsorted(ranked, rows).clip(max=max(len(ranked) - 1, 0))  # [n]
+            hist = ranked[at] == rows if len(ranked) else np.zeros(len(rows), bool)
+            where = order[at[hist]]  # each history row's place in state.hist_rows
             out = {}
             for h, vecs in state.vecs.items():
-                s = (IndexVectors(self.indexes[h])[rows] @ vecs.T).max(axis=1, initial=-np.inf)  # [n]
-                s[hist] = state.hist_scores[h][order][where]
+                s = (self.vectors[h][rows] @ vecs.T).max(axis=1, initial=-np.inf)  # [n]
+                s[hist] = state.hist_scores[h][where]
                 out[h] = s.astype(np.float32)
             return out
         return exact
@@ -225,7 +237,7 @@ class Served:
                   for n, blank in self.blank_static.items()}
         tails = [(EventTail.empty() if r is None else self.tails.of(r)).then(f) for r, f in zip(rows, fresh, strict=True)]
         x = self.live.inputs(static, tails)
-        states = states_from_inputs_heads(self.model.model, x, {h: IndexVectors(self.indexes[h]) for h in heads})
+        states = states_from_inputs_heads(self.model.model, x, {h: self.vectors[h] for h in heads})
         return [UserState({h: v[i] for h, (v, _) in states.items()}, states[SERVED][1].of(i)[0],
                           {h: hist.of(i)[1] for h, (_, hist) in states.items()}) for i in range(len(users))]
 

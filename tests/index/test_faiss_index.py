@@ -14,6 +14,7 @@ from index.faiss_index import (
     gpu_count,
     measure_recall,
     search,
+    stored_vectors,
 )
 from retrieval.answer import merge_interests
 
@@ -111,3 +112,19 @@ def test_search_breaks_ties_by_row_and_passes_other_indexes_to_faiss():
     hnsw.add(np.array([[1, 0], [0, 1]], np.float32))
     scores, rows = search(hnsw, np.array([[0, 1], [1, 0]], np.float32), 1)  # one list per query
     assert rows.tolist() == [[1], [0]]
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW8"])
+def test_stored_vectors_are_the_index_vectors_without_a_copy(factory):
+    x = vectors(300)
+    index = build_index(x, factory)
+    view = stored_vectors(index)
+    assert view.shape == x.shape and (view == x).all()
+    assert not view.flags.owndata  # a view of the index's memory
+    rows = np.array([5, 0, 299, 5])
+    assert (view[rows] == index.reconstruct_batch(rows)).all()
+
+
+@pytest.mark.parametrize("factory", ["IVF8,Flat", "PQ4"])
+def test_stored_vectors_of_other_indexes_is_none(factory):
+    assert stored_vectors(build_index(vectors(500), factory)) is None

@@ -7,6 +7,7 @@ import torch
 
 from retrieval.history import merge_repeats
 from retrieval.model import TwoTowerModel
+from retrieval.towers import InterestPooling
 
 ITEMS = {"n_ids": 11, "features": [{"name": "cat", "kind": "categorical", "width": 4},
                                    {"name": "tags", "kind": "multi_hot", "width": 6},
@@ -155,3 +156,42 @@ def test_a_bag_with_repeats_merged_gives_the_same_user(interests):
                   hist_weights=torch.from_numpy(weights))
     with torch.no_grad():
         assert torch.allclose(m.embed_users(u), m.embed_users(merged), atol=1e-5)
+
+
+def concatenated_pooling(key, weights, valid, embs):
+    """The pooling as autograd composes it over the concatenated history: the reference for _PooledBags."""
+    hist = torch.cat(embs, dim=2)  # [B, L, T * E]
+    logits = (hist @ key.t()).transpose(1, 2) + torch.log(weights.clamp_min(1e-12))[:, None, :]
+    logits = logits.masked_fill(~(valid & (weights > 0))[:, None, :], float("-inf"))
+    attn = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)
+    return attn, attn @ hist
+
+
+def test_pooled_bags_match_the_concatenated_pooling_in_value_and_gradient():
+    torch.manual_seed(0)
+    b, length, e, k = 5, 9, 4, 3
+    embs = [torch.randn(b, length, e, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    key = torch.randn(k, 3 * e, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(b, length, dtype=torch.float64) + 0.1
+    valid = torch.rand(b, length) > 0.3
+    valid[2] = False  # a user with nothing to attend to: attention and bags 0, gradients 0
+    weights[3, :4] = 0  # weight 0 takes no share either
+    pooling = InterestPooling(3 * e, k).double()
+    with torch.no_grad():
+        pooling.key.weight.copy_(key)
+    got = pooling(embs, weights, valid)
+    want = concatenated_pooling(key, weights, valid, embs)
+    for g, w in zip(got, want, strict=True):
+        assert torch.allclose(g.double(), w, atol=1e-10)
+    assert (got[0][2] == 0).all() and (got[1][2] == 0).all()
+    # Both outputs feed the loss (the known-code share reads the attention), as in the tower.
+    probe_a, probe_p = torch.randn_like(want[0]), torch.randn_like(want[1])
+    grads = torch.autograd.grad(((got[0] * probe_a).sum() + (got[1] * probe_p).sum()), [pooling.key.weight, *embs])
+    ref = torch.autograd.grad(((want[0] * probe_a).sum() + (want[1] * probe_p).sum()), [key, *embs])
+    for g, r in zip(grads, ref, strict=True):
+        assert torch.allclose(g.double(), r, atol=1e-10)
+    assert (grads[1][2] == 0).all()
+    # Only the pooled bags used (no gradient into the attention): still the reference's.
+    g_only = torch.autograd.grad((pooling(embs, weights, valid)[1] * probe_p).sum(), embs[0])[0]
+    r_only = torch.autograd.grad((concatenated_pooling(key, weights, valid, embs)[1] * probe_p).sum(), embs[0])[0]
+    assert torch.allclose(g_only.double(), r_only, atol=1e-10)
