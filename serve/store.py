@@ -52,7 +52,7 @@ class IndexVectors:
     def __getitem__(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, np.int64)
         if self.stored is not None:
-            return self.stored[rows]
+            return np.take(self.stored, rows, axis=0)  # a few microseconds less than view[rows] or a faiss call
         if len(rows) == 0:
             return np.zeros((0, self.index.d), np.float32)
         return self.index.reconstruct_batch(rows)
