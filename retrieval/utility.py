@@ -107,10 +107,8 @@ def utility_answer(search: Search, exact: Exact, weights: dict[str, float], cali
             # that returned fewer than m results returned everything, so nothing is left outside it.
             full = (rows >= 0).all(axis=1)
             bound[h] = float(np.max(np.where(full, scores[:, -1], -np.inf)))
-        seen = np.sort(np.concatenate(found))  # each row once: a sort and a mask cost less than np.unique here
-        seen = seen[np.concatenate([[True], seen[1:] != seen[:-1]])]
-        if len(exclude):
-            seen = seen[~isin_few(seen, exclude)]
+        seen = np.unique(np.concatenate(found))
+        seen = seen[~isin_few(seen, exclude)]
         per_head = exact(seen)
         u = utility_of(per_head, weights, calib)
         top = np.argsort(-u, kind="stable")[:k]

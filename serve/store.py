@@ -22,7 +22,7 @@ import torch
 
 from index.artifact import ArtifactError, Manifest, head_column, read_manifest
 from index.faiss_index import apply_search_params, search, stored_vectors, to_gpu
-from retrieval.answer import search_width, served_answer
+from retrieval.answer import isin_few, search_width, served_answer
 from retrieval.calibration import Platt
 from retrieval.checkpoint import CheckpointError, Trained, load_trained
 from retrieval.contract import DataError
@@ -175,15 +175,13 @@ class Served:
         """rows [n] -> {head: full served score [n]}: the best interest's inner product, or a history item's
         score with the repeat term."""
         def exact(rows: np.ndarray) -> dict[str, np.ndarray]:
-            order = np.argsort(state.hist_rows, kind="stable")  # one sort finds which rows are history, and where
-            ranked = state.hist_rows[order]
-            at = np.searchsorted(ranked, rows).clip(max=max(len(ranked) - 1, 0))  # [n]
-            hist = ranked[at] == rows if len(ranked) else np.zeros(len(rows), bool)
-            where = order[at[hist]]  # each history row's place in state.hist_rows
+            hist = isin_few(rows, state.hist_rows)
+            order = np.argsort(state.hist_rows, kind="stable")
+            where = np.searchsorted(state.hist_rows[order], rows[hist])
             out = {}
             for h, vecs in state.vecs.items():
                 s = (self.vectors[h][rows] @ vecs.T).max(axis=1, initial=-np.inf)  # [n]
-                s[hist] = state.hist_scores[h][where]
+                s[hist] = state.hist_scores[h][order][where]
                 out[h] = s.astype(np.float32)
             return out
         return exact
