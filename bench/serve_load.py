@@ -1,8 +1,8 @@
 """Serving under load: the real service with a 1M-item index against the same stack answering a constant.
 
     python bench/serve_load.py [--factory HNSW32] [--seconds 5] [--rounds 3] [--interests 1,4]
-                               [--utility conversion:1,engagement:0.05] [--artifact work/demo/artifacts/V]
-                               [--workers 1,2]
+                               [--utility conversion:1,engagement:0.05] [--scales probability,score]
+                               [--artifact work/demo/artifacts/V] [--workers 1,2]
 
 --artifact measures that artifact (the demo's, say) instead of the big world's; --workers runs a service of
 each number of processes (`python -m serve --workers N`) for each artifact.
@@ -14,8 +14,10 @@ them it starts the same FastAPI + uvicorn stack answering a pre-serialised respo
 async endpoint, as the service's is (the HTTP ceiling), and once more from a plain def endpoint, which FastAPI
 runs in its threadpool (what the service paid per request before it answered on the event loop). wrk drives
 each at 1 and 16 connections over random known and unknown users (k=100), the rows taking turns for a few
-rounds. With --utility, the same service processes also answer requests that carry that utility (every head
-searched, the union scored exactly: retrieval/utility.py), as rows of their own beside the default path.
+rounds. With --utility, the same service processes also answer requests that carry that utility, on each of
+--scales, as rows of their own beside the default path: on calibrated probabilities every weighted head is
+searched and the union scored exactly (retrieval/utility.py); on raw scores, with one user vector per head, one
+search of the artifact's joint index answers (serve/store.py), and with several, the same per-head searches.
 Load generator and servers share this machine's cores.
 """
 
@@ -111,9 +113,11 @@ def ensure_artifact(interests: int, factory: str) -> Path:
     ckpt = ensure_checkpoint(interests)
     art = ckpt.parent / f"artifact-interests{interests}-{factory.replace(',', '_')}"
     manifest = art / "manifest.json"
-    if manifest.exists() and (json.loads(manifest.read_text()).get("format_version") != FORMAT_VERSION
-                              or manifest.stat().st_mtime < ckpt.stat().st_mtime):
-        shutil.rmtree(art)
+    if manifest.exists():
+        m = json.loads(manifest.read_text())
+        no_joint = m.get("interests") == 1 and len(m.get("heads", {})) > 1 and not m.get("joint")  # built before it
+        if m.get("format_version") != FORMAT_VERSION or manifest.stat().st_mtime < ckpt.stat().st_mtime or no_joint:
+            shutil.rmtree(art)
     if not manifest.exists():
         build(ckpt, art, factory, progress=False)
     return art
@@ -146,6 +150,7 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8765, help="first of the consecutive ports the servers take")
     p.add_argument("--interests", default="1,4", help="user vectors per model, comma-separated (first = reference)")
     p.add_argument("--utility", default=None, help="also measure requests with this utility (head:weight,...)")
+    p.add_argument("--scales", default="probability", help="the utility's scales (utility_scale), comma-separated")
     p.add_argument("--artifact", type=Path, default=None, help="measure this artifact instead of the big world's")
     p.add_argument("--section", default="serve_load", help="the section of docs/benchmarks.md to write")
     p.add_argument("--workers", default="1", help="service processes, comma-separated (one service each)")
@@ -161,12 +166,15 @@ def main() -> None:
     n_users = manifests[ks[0][0]]["n_users"]
     script = Path(tempfile.mkdtemp()) / "users.lua"
     script.write_text(LUA % (n_users, ""))
-    utility_script = script.parent / "utility.lua"
-    utility_script.write_text(LUA % (n_users, f"&utility={a.utility}" if a.utility else ""))
+    scales = a.scales.split(",") if a.utility else []
+    utility_scripts = {s: script.parent / f"utility-{s}.lua" for s in scales}
+    for s, path in utility_scripts.items():
+        path.write_text(LUA % (n_users, f"&utility={a.utility}&utility_scale={s}"))
     body = script.parent / "body.json"
     names = [f"service, {k} user vector{'s' if k > 1 else ''}" + (f", {w} processes" if w > 1 else "")
              for k, w in ks]
-    utility_names = {f"{n}, utility {a.utility}": n for n in names} if a.utility else {}
+    utility_names = {f"{n}, utility {a.utility}, {s}": n for n in names for s in scales}
+    utility_scale = {f"{n}, utility {a.utility}, {s}": s for n in names for s in scales}
     names += ["constant response, async endpoint (ceiling)", "constant response, plain def endpoint (threadpool)"]
     ports = {name: a.port + i for i, name in enumerate(names)}
     ports.update({u: ports[n] for u, n in utility_names.items()})  # the same process, another request
@@ -183,15 +191,16 @@ def main() -> None:
         body.write_bytes(urllib.request.urlopen(f"http://127.0.0.1:{ports[names[0]]}/candidates?user=1&k=100").read())
         for name, kind in zip(names[len(ks):], ("async def", "def"), strict=True):
             procs[name] = start([sys.executable, "-c", CEILING % kind, str(body), str(ports[name])], ports[name])
-        if a.utility:
-            check = urllib.request.urlopen(f"http://127.0.0.1:{ports[names[0]]}/candidates?user=1&k=100&utility="
-                                           f"{a.utility}").read()
-            assert b'"utility"' in check, check[:200]
+        for s in scales:
+            check = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{ports[names[0]]}/candidates?user=1&k=100"
+                                                      f"&utility={a.utility}&utility_scale={s}").read())
+            assert check.get("utility_scale") == s, str(check)[:200]
         rows_in_turn = [*names[:len(ks)], *utility_names, *names[len(ks):]]
         rounds = {(name, c): [] for name in rows_in_turn for c in (1, 16)}
         for _ in range(a.rounds):
             for (name, c), runs in rounds.items():
-                runs.append(wrk(ports[name], c, a.seconds, str(utility_script if name in utility_names else script)))
+                lua = utility_scripts[utility_scale[name]] if name in utility_names else script
+                runs.append(wrk(ports[name], c, a.seconds, str(lua)))
         loaded = {name: tree_rss(procs[name].pid) for name in names[:len(ks)]}
     finally:
         for proc in procs.values():
@@ -210,10 +219,13 @@ def main() -> None:
 
     memory = []
     for (k, w), name in zip(ks, names, strict=False):
-        files = ["items.parquet", "users.parquet", *(h["index"] for h in manifests[k]["heads"].values())]
+        files = ["items.parquet", "users.parquet", *(h["index"] for h in manifests[k]["heads"].values()),
+                 *([manifests[k]["joint"]["index"]] if manifests[k].get("joint") else [])]
         data_mib = sum((arts[k] / f).stat().st_size for f in files) / 2**20
         memory.append(f"{k} vector(s)" + (f", {w} processes together" if w > 1 else "") + f": {idle[name]:,.0f} MiB after load, {loaded[name]:,.0f} MiB after the runs; "
-                      f"{len(manifests[k]['heads'])} heads' indexes + item and user embeddings on disk "
+                      f"{len(manifests[k]['heads'])} heads' indexes"
+                      + (" and their joint index" if manifests[k].get("joint") else "")
+                      + f" + item and user embeddings on disk "
                       f"{data_mib:,.0f} MiB (ratio {loaded[name] / data_mib:.2f})")
     m = manifests[ks[0][0]]
     publish(a.section, "Serving under load" + (f": {a.artifact.name}" if a.artifact else ""), [
@@ -226,8 +238,12 @@ def main() -> None:
           f"80% known users / 20% unknown (popularity fallback); response {body.stat().st_size:,} bytes. wrk and "
           f"the servers share {os.cpu_count()} cores; 'to first' compares requests/s with the first service row "
           f"within this run"
-          + (f"; a utility row ({a.utility}: every weighted head searched, the union scored exactly, "
-             f"retrieval/utility.py) compares with the default path of the same process" if a.utility else "")
+          + (f"; a utility row ({a.utility}) compares with the default path of the same process: on the "
+             f"probability scale every weighted head is searched and the union scored exactly (retrieval/utility.py); "
+             f"on the score scale " + ", ".join(
+                 f"with {k} vector(s) " + ("one search of the joint index" if manifests[k].get("joint")
+                                           else "every weighted head is searched")
+                 for k in manifests) if a.utility else "")
           + ".", "",
           table(["server", "connections", "requests/s (range)", "ratio to ceiling",
                  "to first" + (" (utility: to default)" if a.utility else ""), "p50 ms",

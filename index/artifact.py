@@ -6,6 +6,9 @@ An artifact folder holds:
                     head's, which the default answer searches
   index_<head>.faiss  the same for every other head (manifest ``heads``): a utility's searches; its item
                     vectors are read back from it
+  index_joint.faiss with one user vector per head and several heads (manifest ``joint``): an index over the heads'
+                    item vectors side by side ([N, H * D], in the order of ``joint.heads``), so that a utility
+                    on raw scores, sum_h w_h * u_h . v_h, is one search for the query [w_1 u_1, ..., w_H u_H]
   items.parquet     item_id, vector (the served conversion embedding), in_hist_* (what a history bag reads of
                     the item: its ID row and feature codes)
   users.parquet     user_id, vector (interests x embedding_dim values: one vector per interest; vector_<head> for
@@ -49,6 +52,9 @@ def head_index_file(head: str, served: bool) -> str:
     return "index.faiss" if served else f"index_{head}.faiss"
 
 
+JOINT_INDEX = "index_joint.faiss"
+
+
 def head_column(name: str, head: str, served: bool) -> str:
     """A per-head column of users.parquet: ``vector`` / ``history_score`` for the served head, else
     ``<name>_<head>``."""
@@ -80,6 +86,9 @@ class Manifest:
     # (conversion) head first. Must equal model.pt's heads.
     heads: dict[str, dict[str, Any]] = field(default_factory=dict)
     utility_presets: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {head: weight}
+    # {"index": "index_joint.faiss", "heads": [every head, in the order of its vectors]} or None (one head, or
+    # several interest vectors per user: a sum of per-head maxima over interests is no single inner product)
+    joint: dict[str, Any] | None = None
     files: dict[str, int] = field(default_factory=dict)  # file -> size in bytes
     format_version: int = FORMAT_VERSION
 
@@ -90,7 +99,8 @@ class Manifest:
     @property
     def file_names(self) -> list[str]:
         """Every file the artifact holds: the fixed ones and each head's index."""
-        return [*FILES, *(h["index"] for h in self.heads.values() if h.get("index") not in FILES)]
+        joint = [self.joint["index"]] if isinstance(self.joint, dict) and "index" in self.joint else []
+        return [*FILES, *(h["index"] for h in self.heads.values() if h.get("index") not in FILES), *joint]
 
 
 def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -153,6 +163,14 @@ def check_heads(folder: Path, m: Manifest) -> None:
                 Platt.from_dict(h["calibration"])
             except ValueError as e:
                 raise ArtifactError(f"artifact {folder}: head {name}: {e}") from None
+    if m.joint is not None:
+        if (not isinstance(m.joint, dict) or m.joint.get("index") != JOINT_INDEX
+                or m.joint.get("heads") != list(m.heads)):
+            raise ArtifactError(f"artifact {folder}: manifest joint is {m.joint!r}; expected {{index: {JOINT_INDEX}, "
+                                f"heads: {list(m.heads)}}}")
+        if m.interests != 1:
+            raise ArtifactError(f"artifact {folder}: a joint index with {m.interests} interest vectors per user; "
+                                f"it answers one vector per head only")
     for preset, weights in m.utility_presets.items():
         try:
             check_weights(weights, list(m.heads))

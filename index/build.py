@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import torch
 
 from index.artifact import (
+    JOINT_INDEX,
     ArtifactError,
     Manifest,
     StagingFolder,
@@ -24,6 +25,7 @@ from index.artifact import (
 )
 from index.calibrate import calibrate_heads
 from index.faiss_index import (
+    FactoryError,
     apply_search_params,
     build_index,
     check_factory,
@@ -78,6 +80,23 @@ def purchased_rows(corpus: Corpus) -> pa.Array:
     return list_column(np.searchsorted(pairs[0], np.arange(len(ev.user_vocab) + 1)), pairs[1].astype(np.int32))
 
 
+def joint_index(head_items: dict[str, np.ndarray], interests: int, factory: str, use_gpu: bool | None,
+                seed: int) -> faiss.Index | None:
+    """The heads' item vectors side by side, [N, H * D] in head order, indexed like each head's: a utility on raw
+    scores with one user vector per head is then one search (serve/store.py). None with one head, with several
+    interest vectors (a sum over heads of each head's best interest is no one inner product), or where the
+    factory cannot take the wider vectors (the service then answers from each head's search)."""
+    if len(head_items) < 2 or interests != 1:
+        return None
+    vectors = np.hstack(list(head_items.values()))
+    try:
+        check_factory(factory, vectors.shape[1])
+    except FactoryError as e:
+        log.warning("index: no joint index: %s; a utility on raw scores searches every head", e)
+        return None
+    return build_index(vectors, factory, use_gpu=use_gpu, seed=seed)
+
+
 def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events: str | None = None,
           items: str | None = None, users: str | None = None, recall_k: int = 100, recall_users: int = 1000,
           batch_size: int = 8192, use_gpu: bool | None = None, progress: bool = True, seed: int = 0,
@@ -102,8 +121,10 @@ def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events
     t_embed = time.perf_counter() - t0
     indexes = {h: build_index(v, factory, use_gpu=use_gpu, seed=seed) for h, v in head_items.items()}
     index = indexes[SERVED]
+    head_items = {h.name: head_items[h.name] for h in heads}  # the manifest's order: the joint index's columns
+    joint = joint_index(head_items, user_vecs.shape[1], factory, use_gpu, seed)
     params = default_search_params(factory)
-    for ix in indexes.values():
+    for ix in [*indexes.values(), *([joint] if joint is not None else [])]:
         apply_search_params(ix, params)
     calibration = calibrate_heads(trained.model, corpus, heads, role_spec(trained.config.roles),
                                   max_users=calibration_users, seed=seed, items=head_items)
@@ -118,6 +139,8 @@ def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events
     with StagingFolder(out) as tmp:
         for h, ix in indexes.items():
             faiss.write_index(ix, str(tmp / head_index_file(h, h == SERVED)))
+        if joint is not None:
+            faiss.write_index(joint, str(tmp / JOINT_INDEX))
         items_t = vectors_table(corpus.catalogue, item_vecs, "item_id")
         for name, col in input_columns({k: v[1:] for k, v in corpus.hist_lookup.items()}).items():
             items_t = items_t.append_column(name, col)  # what a live user's history bag reads per item
@@ -155,6 +178,7 @@ def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events
                             "repeat_scale": round(trained.model.repeat_scale(h.name).item(), 6),
                             "calibration": calibration[h.name]} for h in heads},
             utility_presets=utility_presets,
+            joint=None if joint is None else {"index": JOINT_INDEX, "heads": list(head_items)},
         )
         write_manifest(tmp, manifest)
     log.info("index: wrote %s in %.1f s (embedding %.1f s)", out, time.perf_counter() - t0, t_embed)

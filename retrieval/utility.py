@@ -1,6 +1,11 @@
 """A utility the caller weighs at query time: the top k by sum_h w_h * p_h(score_h), a weighted sum of the heads'
 calibrated probabilities (retrieval/calibration.py), so that a weight is the value of one head's outcome
-(a conversion, an engagement) in the units of the others. numpy alone; the service and evaluation share it.
+(a conversion, an engagement) in the units of the others; or, on the ``score`` scale, by sum_h w_h * score_h,
+a weighted sum of the heads' raw served scores (a weight then means something within one model version only,
+but needs no calibration). numpy alone; the service and evaluation share it.
+
+With one user vector per head, a utility on raw scores is itself an inner product, [w_1 u_1, ..., w_H u_H] .
+[v_1, ..., v_H], so the service answers it with one search of the artifact's joint index (serve/store.py).
 
 How the answer is formed. A sum of calibrated probabilities is no inner product (the calibration bends each
 head's score), and with several interest vectors a head's score is a max of inner products, so no one search
@@ -11,6 +16,7 @@ list could reach: sum_h w_h * p_h(the m-th score of head h's list, best over int
 up to ``max_width`` (16 times the first width by default: a deep search of an HNSW index is slow, and the
 service answers on its event loop); an answer that reaches it unproven is the best of what was seen, and says so
 (``certified`` False).
+On the score scale each head's "calibration" below is the identity.
 The utility is non-decreasing in every head's score (each calibration slope is >= 0, weights >= 0), so with exact
 searches (a Flat index) the answer is the brute-force top k over the whole catalogue; through an approximate
 index it is as exact as that index's searches.
@@ -20,23 +26,38 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import numpy as np
 
 from retrieval.answer import isin_few, search_width
-from retrieval.calibration import Platt
 
 MAX_TEXT = 512
 TERM = re.compile(r"([a-z][a-z0-9_]{0,31}):([^,:]{1,32})")
 
+PROBABILITY, SCORE = "probability", "score"  # what a utility's weights weigh: calibrated probabilities, raw scores
+SCALES = (PROBABILITY, SCORE)
+
 Search = Callable[[str, int], tuple[np.ndarray, np.ndarray]]  # (head, m) -> rows, scores [K, m] (-1 = none)
+Calibrate = Callable[[np.ndarray | float], np.ndarray]  # a head's score -> what its weight weighs (non-decreasing)
 Exact = Callable[[np.ndarray], dict[str, np.ndarray]]  # rows [n] -> {head: full served score [n]}
 
 
 class UtilityError(ValueError):
     """A utility the artifact cannot answer: the message names the part that is wrong."""
+
+
+class Utility(NamedTuple):
+    """A caller's utility: checked weights (:func:`check_weights`) and the scale they weigh."""
+
+    weights: dict[str, float]
+    scale: str = PROBABILITY
+
+
+def raw_score(score: np.ndarray | float) -> np.ndarray:
+    """The score scale's "calibration" of every head: the score itself (float64, as a calibration returns)."""
+    return np.asarray(score, np.float64)
 
 
 def check_weights(weights: dict[str, float], heads: list[str]) -> dict[str, float]:
@@ -76,7 +97,7 @@ def parse_utility(text: str, heads: list[str], presets: dict[str, dict[str, floa
     return check_weights(weights, heads)
 
 
-def utility_of(scores: dict[str, np.ndarray], weights: dict[str, float], calib: dict[str, Platt]) -> np.ndarray:
+def utility_of(scores: dict[str, np.ndarray], weights: dict[str, float], calib: Mapping[str, Calibrate]) -> np.ndarray:
     """sum_h w_h * p_h(scores_h), over the weighted heads (any shape, float64)."""
     return sum(w * calib[h](scores[h]) for h, w in weights.items())
 
@@ -88,7 +109,7 @@ class UtilityAnswer(NamedTuple):
     certified: bool  # the threshold proved the answer (else max_width stopped the widening)
 
 
-def utility_answer(search: Search, exact: Exact, weights: dict[str, float], calib: dict[str, Platt],
+def utility_answer(search: Search, exact: Exact, weights: dict[str, float], calib: Mapping[str, Calibrate],
                    hist_rows: np.ndarray, k: int, n_items: int, exclude: np.ndarray | None = None,
                    max_width: int | None = None) -> UtilityAnswer:
     """The top ``k`` catalogue rows by utility (see the module doc). hist_rows: the user's history items (scored

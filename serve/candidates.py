@@ -5,7 +5,7 @@ the user's stored and live events. A user with live events (``POST /events``) is
 import itertools
 import re
 from contextlib import nullcontext
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, WithJsonSchema
 
 from index.artifact import Manifest
-from retrieval.utility import MAX_TEXT, UtilityError
+from retrieval.utility import MAX_TEXT, PROBABILITY, Utility, UtilityError
 from serve.events import MAX_ID, EventModels, JsonInt, int_or_str, plain
 from serve.limits import check_query
 from serve.responses import CandidatesResponse, LiveCandidatesResponse, json_response
@@ -21,10 +21,14 @@ from serve.service import Service
 from serve.settings import Settings
 from serve.store import Answer, Served
 
-ALLOWED = {"user", "k", "exclude_purchased", "utility", "scores"}
+ALLOWED = {"user", "k", "exclude_purchased", "utility", "utility_scale", "scores"}
 UTILITY_DOC = ("rank by a utility: head:weight,... (e.g. conversion:1,engagement:0.3) or a preset the artifact "
-               "names; the top k by the weighted sum of the heads' calibrated probabilities. Absent: the "
-               "conversion head alone")
+               "names; the top k by the weighted sum of the heads' calibrated probabilities (utility_scale="
+               "probability), or of their raw scores (utility_scale=score). Absent: the conversion head alone")
+SCALE_DOC = ("what a utility's weights weigh: probability (each head's calibrated probability: weights keep "
+             "their meaning across model versions; every weighted head needs a calibration) or score (raw "
+             "scores: one search where the artifact has a joint index)")
+Scale = Literal["probability", "score"]
 
 
 # What FastAPI documents for a route whose parameters it validates (this one validates its query itself).
@@ -37,14 +41,12 @@ VALIDATION_ERROR = {"description": "Validation Error",
 POSITIVE = r"([0-9]{0,6}[1-9][0-9]{0,6}(\.[0-9]{1,6})?|[0-9]{1,6}\.[0-9]{0,5}[1-9][0-9]{0,5})"
 
 
-def utility_schema(m: Manifest) -> tuple[str | None, dict[str, Any]]:
+def utility_schema(m: Manifest) -> tuple[str, dict[str, Any]]:
     """The query pattern and the body schema of a utility, from the artifact the service starts with: its
-    calibrated heads, each at most once in the artifact's order, or one of its presets. None: no head is
-    calibrated, so no utility is accepted. (A swap may bring other heads; the service checks each request
-    against the artifact it answers from.)"""
-    heads = [h for h, spec in m.heads.items() if spec.get("calibration")][:6]  # 2^6 - 1 orderings at most
-    if not heads:
-        return None, {"type": "null"}
+    heads, each at most once in the artifact's order, or one of its presets. (On the probability scale a
+    head without calibration gets a 422: the schema cannot tie one parameter to another. A swap may bring other
+    heads; the service checks each request against the artifact it answers from.)"""
+    heads = list(m.heads)[:6]  # 2^6 - 1 orderings at most
     terms = [f"{h}:{POSITIVE}" for h in heads]
     subsets = [",".join(t for t, keep in zip(terms, mask, strict=True) if keep)
                for mask in itertools.product((True, False), repeat=len(terms)) if any(mask)]
@@ -71,7 +73,8 @@ def router(settings: Settings, models: EventModels, manifest: Manifest) -> APIRo
         k: int = Field(settings.default_k, ge=1, le=settings.max_k, description="number of candidates")
         exclude_purchased: bool = Field(False, description="drop items the user already converted on")
         utility: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)] | None = Field(
-            None, description=UTILITY_DOC, json_schema_extra={"pattern": pattern} if pattern else None)
+            None, description=UTILITY_DOC, json_schema_extra={"pattern": pattern})
+        utility_scale: Scale = Field(PROBABILITY, description=SCALE_DOC)
         scores: bool = Field(False, description="each candidate's raw score per head, and p_<head> of every "
                              "calibrated head")
 
@@ -90,7 +93,7 @@ def router(settings: Settings, models: EventModels, manifest: Manifest) -> APIRo
         served = svc.served
         if served is None:
             raise HTTPException(503, "no artifact loaded")
-        weights = checked_utility(served, q.utility, "query")
+        weights = checked_utility(served, q.utility, q.utility_scale, "query")
         uid = served.users.parse(q.user)
         live = await svc.store.get(str(uid)) if uid is not None else []
         body, _ = await answer(svc, served, uid, q.user, live, q.k, q.exclude_purchased, weights, q.scores)
@@ -108,6 +111,7 @@ def router(settings: Settings, models: EventModels, manifest: Manifest) -> APIRo
                            | dict[Annotated[str, StringConstraints(max_length=32)], float] | None,
                            WithJsonSchema(body_schema)] = Field(
             None, description=UTILITY_DOC + "; or an object {head: weight}")
+        utility_scale: Scale = Field(PROBABILITY, description=SCALE_DOC)
         scores: bool = Field(False, description="each candidate's raw score per head, and p_<head> of every "
                              "calibrated head")
 
@@ -118,7 +122,7 @@ def router(settings: Settings, models: EventModels, manifest: Manifest) -> APIRo
         served = svc.served
         if served is None:
             raise HTTPException(503, "no artifact loaded")
-        weights = checked_utility(served, body.utility, "body")
+        weights = checked_utility(served, body.utility, body.utility_scale, "body")
         uid = None if body.user is None else served.users.parse(body.user)  # None: no user of this artifact
         live = []
         if uid is not None:
@@ -168,18 +172,19 @@ def candidate_list(a: Answer) -> list[dict]:
     return out
 
 
-def checked_utility(served: Served, utility: str | dict[str, float] | None, where: str) -> dict[str, float] | None:
-    """The utility's checked weights (None: the conversion head alone); a 422 names what is wrong with it."""
+def checked_utility(served: Served, utility: str | dict[str, float] | None, scale: str,
+                    where: str) -> Utility | None:
+    """The checked utility (None: the conversion head alone); a 422 names what is wrong with it."""
     if utility is None:
         return None
     try:
-        return served.utility(utility)
+        return served.utility(utility, scale)
     except UtilityError as e:
         raise RequestValidationError([{"loc": [where, "utility"], "msg": str(e), "type": "value_error"}]) from None
 
 
 async def answer(svc: Service, served: Served, uid: int | str | None, raw_user, events: list[dict], k: int,
-                 exclude_purchased: bool, utility: dict[str, float] | None = None,
+                 exclude_purchased: bool, utility: Utility | None = None,
                  with_scores: bool = False) -> tuple[dict, int]:
     """The response body for a user and their live events (stored answer when none is usable), and how many
     events the model could not read. A live user is embedded with the live users of the requests that arrived
@@ -201,5 +206,5 @@ async def answer(svc: Service, served: Served, uid: int | str | None, raw_user, 
     body = {"user": user, "k": k, "model_version": served.model_version, "fallback": a.fallback,
             "candidates": candidate_list(a)}
     if utility is not None:
-        body["utility"] = utility
+        body["utility"], body["utility_scale"] = utility.weights, utility.scale
     return body, ignored

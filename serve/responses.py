@@ -24,6 +24,7 @@ class CandidatesResponse(BaseModel):
     fallback: str | None = Field(description='null, or "popular" for a user the model has never seen')
     candidates: list[Candidate]
     utility: dict[str, float] | None = Field(None, description="the weights the answer was ranked by (when asked)")
+    utility_scale: str | None = Field(None, description="what those weights weighed: probability or score")
 
 
 class LiveCandidatesResponse(CandidatesResponse):

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from index.artifact import ArtifactError, Manifest, head_column, read_manifest
+from index.artifact import JOINT_INDEX, ArtifactError, Manifest, head_column, read_manifest
 from index.faiss_index import apply_search_params, search, stored_vectors, to_gpu
 from retrieval.answer import isin_few, search_width, served_answer
 from retrieval.calibration import Platt
@@ -31,7 +31,16 @@ from retrieval.embed import states_from_inputs_heads
 from retrieval.heads import SERVED
 from retrieval.inference import to_torch
 from retrieval.live import EventTail, LiveState, Tails, blank_user
-from retrieval.utility import UtilityError, check_weights, parse_utility, utility_answer
+from retrieval.utility import (
+    PROBABILITY,
+    SCORE,
+    Utility,
+    UtilityError,
+    check_weights,
+    parse_utility,
+    raw_score,
+    utility_answer,
+)
 from retrieval.vocab import TowerVocab
 from serve.ids import IdLookup
 from serve.new_items import items_table
@@ -103,6 +112,10 @@ class Served:
     blank_static: dict[str, np.ndarray]  # the same for a user the model never saw: [1, ...], all missing
     calibration: dict[str, Platt]  # the calibrated heads: p_<head> = calibration[head](score)
     gpu: dict[str, faiss.Index] = field(default_factory=dict)  # per head, a GPU copy that searches (--gpu)
+    # The heads' item vectors side by side ([N, H * D], manifest ``joint``; one user vector per head): a utility
+    # on raw scores in one search. None: such a utility searches every weighted head (retrieval/utility.py).
+    joint: faiss.Index | None = None
+    gpu_joint: faiss.Index | None = None  # its GPU copy (--gpu)
     added: int = 0  # items added since load (no retraining; not persisted)
     added_digest: str = ""  # a hash chained over every add, so two catalogues never share a version string
 
@@ -136,19 +149,23 @@ class Served:
     def item_id_list(self, rows: np.ndarray) -> list[Any]:
         return self.item_ids[rows].tolist()
 
-    def utility(self, spec: str | dict[str, float]) -> dict[str, float]:
-        """Checked weights of a utility (``head:w,...``, a preset's name, or {head: w}); a UtilityError names what
-        is wrong, a head without calibration too (its probability is what a weight weighs)."""
+    def utility(self, spec: str | dict[str, float], scale: str = PROBABILITY) -> Utility:
+        """A checked utility (``head:w,...``, a preset's name, or {head: w}) on ``scale``; a UtilityError names
+        what is wrong, on the probability scale a head without calibration too (its probability is what a
+        weight weighs there)."""
+        if scale not in (PROBABILITY, SCORE):
+            raise UtilityError(f"utility_scale: '{scale}'; expected {PROBABILITY} or {SCORE}")
         weights = (parse_utility(spec, self.heads, self.manifest.utility_presets) if isinstance(spec, str)
                    else check_weights(spec, self.heads))
         uncalibrated = [h for h in weights if h not in self.calibration]
-        if uncalibrated:
+        if scale == PROBABILITY and uncalibrated:
             raise UtilityError(f"utility: head(s) {uncalibrated} have no calibration in artifact "
-                               f"{self.manifest.version} (no validation window when it was built)")
-        return weights
+                               f"{self.manifest.version} (no validation window when it was built); "
+                               f"utility_scale=score weighs raw scores")
+        return Utility(weights, scale)
 
     def candidates(self, user: int | str | None, k: int, exclude_purchased: bool,
-                   utility: dict[str, float] | None = None, with_scores: bool = False) -> Answer:
+                   utility: Utility | None = None, with_scores: bool = False) -> Answer:
         """One user's answer; unknown users get conversion popularity. utility: checked weights (:meth:`utility`)."""
         row = self.users.row(user)
         if row is None:
@@ -186,10 +203,11 @@ class Served:
             return out
         return exact
 
-    def _answer(self, state: UserState, k: int, exclude: np.ndarray | None, utility: dict[str, float] | None,
+    def _answer(self, state: UserState, k: int, exclude: np.ndarray | None, utility: Utility | None,
                 with_scores: bool) -> Answer:
         """The served top ``k`` of a user state less ``exclude``: the served head's (:func:`served_answer`), or the
-        utility's (:func:`utility_answer`)."""
+        utility's: on raw scores from the joint index where the artifact has one (:meth:`_joint_answer`), else
+        from every weighted head's search (:func:`utility_answer`)."""
         faiss.omp_set_num_threads(1)  # on the event loop's thread: one query gains nothing from OpenMP threads
         per_head: dict[str, np.ndarray] = {}
         certified = True
@@ -198,13 +216,29 @@ class Served:
             scores, rows = search(self.searcher(SERVED), state.vecs[SERVED], want)  # [K, want]
             rows, scores = served_answer(rows, scores, state.hist_rows, state.hist_scores[SERVED], k, exclude)
             per_head = {**self._exact(state)(rows), SERVED: scores} if with_scores else {SERVED: scores}
+        elif utility.scale == SCORE and self.joint is not None:
+            rows, scores = self._joint_answer(state, k, exclude, utility.weights)
+            per_head = self._exact(state)(rows)
         else:
-            ua = utility_answer(self._search(state), self._exact(state), utility, self.calibration,
+            calib = self.calibration if utility.scale == PROBABILITY else dict.fromkeys(self.heads, raw_score)
+            ua = utility_answer(self._search(state), self._exact(state), utility.weights, calib,
                                 state.hist_rows, k, self.index.ntotal, exclude)
             rows, scores, per_head, certified = ua
         probs = {h: self.calibration[h](s).tolist() for h, s in per_head.items() if h in self.calibration}
         raw = {h: s.tolist() for h, s in per_head.items()} if with_scores else None
         return Answer(None, self.item_id_list(rows), scores.tolist(), probs, raw, certified)
+
+    def _joint_answer(self, state: UserState, k: int, exclude: np.ndarray | None,
+                      weights: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        """A utility on raw scores with one user vector per head: one search of the joint index for the query
+        [w_1 u_1, ..., w_H u_H] ([1, H * D], weight 0 for a head the utility leaves out), the history items merged
+        in with their full scores weighted the same way, as the default answer merges them (served_answer)."""
+        query = np.concatenate([weights.get(h, 0.0) * state.vecs[h][0] for h in self.heads])[None]  # [1, H * D]
+        hist = sum(w * state.hist_scores[h].astype(np.float64) for h, w in weights.items())
+        want = search_width(k, len(state.hist_rows), 0 if exclude is None else len(exclude), self.joint.ntotal)
+        index = self.joint if self.gpu_joint is None else self.gpu_joint
+        scores, rows = search(index, query.astype(np.float32), want)  # [1, want]
+        return served_answer(rows, scores, state.hist_rows, np.asarray(hist, np.float32), k, exclude)
 
     @property
     def event_names(self) -> list[str]:
@@ -222,7 +256,7 @@ class Served:
                          np.array([np.nan if e.get("dwell_s") is None else e["dwell_s"] for e in keep], np.float32))
         return tail, int((~ok).sum())
 
-    def heads_for(self, utility: dict[str, float] | None, with_scores: bool) -> list[str]:
+    def heads_for(self, utility: Utility | None, with_scores: bool) -> list[str]:
         """The heads an answer reads: every head for a utility or per-head scores, else the served one."""
         return self.heads if utility or with_scores else [SERVED]
 
@@ -240,7 +274,7 @@ class Served:
                           {h: hist.of(i)[1] for h, (_, hist) in states.items()}) for i in range(len(users))]
 
     def answer_live(self, user: int | str | None, fresh: EventTail, state: UserState, k: int,
-                    exclude_purchased: bool, utility: dict[str, float] | None = None,
+                    exclude_purchased: bool, utility: Utility | None = None,
                     with_scores: bool = False) -> Answer:
         """The answer from a live user's state (:meth:`live_states`); exclude_purchased drops the stored
         purchases and the fresh conversions (conversion roles come first)."""
@@ -251,7 +285,7 @@ class Served:
         return self._answer(state, k, exclude, utility, with_scores)
 
     def candidates_live(self, user: int | str | None, fresh: EventTail, k: int, exclude_purchased: bool,
-                        utility: dict[str, float] | None = None, with_scores: bool = False) -> Answer:
+                        utility: Utility | None = None, with_scores: bool = False) -> Answer:
         """The user tower run on the user's stored events followed by ``fresh`` ones, as of the last one's time;
         without fresh events, the stored answer (:meth:`candidates`). One user alone: the service batches
         concurrent requests (serve/batcher.py) through :meth:`live_states` and :meth:`answer_live`."""
@@ -281,13 +315,19 @@ class Served:
             indexes[h] = faiss.clone_index(ix)  # copy-on-write: requests in flight keep the old index
             indexes[h].add(vecs[h])
         gpu = {h: to_gpu(indexes[h])[0] for h in self.gpu}  # a fresh GPU copy of each index it held
+        joint = None
+        if self.joint is not None:
+            joint = faiss.clone_index(self.joint)
+            joint.add(np.hstack([vecs[h] for h in self.heads]))
         digest = hashlib.blake2b(self.added_digest.encode() + repr(new_ids.tolist()).encode() + vecs[SERVED].tobytes(),
                                  digest_size=16).hexdigest()
         n = self.index.ntotal
         all_rows = np.arange(n + len(new_ids))
         lookups = {name: np.concatenate([v, x[name.removeprefix("hist_") if name != "hist_items" else "id"]])
                    for name, v in self.live.lookups.items()}  # a live history naming a new item reads these
-        return replace(self, indexes=indexes, gpu=gpu, item_ids=np.concatenate([self.item_ids, new_ids]),
+        return replace(self, indexes=indexes, gpu=gpu, joint=joint,
+                       gpu_joint=None if self.gpu_joint is None or joint is None else to_gpu(joint)[0],
+                       item_ids=np.concatenate([self.item_ids, new_ids]),
                        items=self.items.with_ids(new_ids.tolist(), n), live=LiveState(self.live.config, lookups),
                        popular_rows=np.concatenate([self.popular_rows, all_rows[n:]]),
                        popular_scores=np.concatenate([self.popular_scores, np.zeros(len(new_ids), np.float32)]),
@@ -306,15 +346,17 @@ def _vectors(path: Path, n: int, per_row: int, dim: int) -> tuple[pa.Table, np.n
     return t, vec.values.to_numpy(zero_copy_only=False).reshape(n, per_row, dim).astype(np.float32, copy=False)
 
 
-def _index(folder: Path, name: str, m: Manifest) -> faiss.Index:
-    """One head's index, checked against the manifest, with its search parameters."""
+def _index(folder: Path, name: str, m: Manifest, dim: int | None = None) -> faiss.Index:
+    """One head's index (or the joint one, of ``dim``), checked against the manifest, with its search
+    parameters."""
+    dim = m.embedding_dim if dim is None else dim
     try:
         index = faiss.read_index(str(folder / name))
     except RuntimeError as e:
         raise ArtifactError(f"artifact {folder}: {name} cannot be read ({str(e).splitlines()[0]})") from None
-    if index.d != m.embedding_dim or index.ntotal != m.n_items:
+    if index.d != dim or index.ntotal != m.n_items:
         raise ArtifactError(f"artifact {folder}: {name} has dim {index.d} and {index.ntotal} items, the manifest "
-                            f"says dim {m.embedding_dim} and {m.n_items} items")
+                            f"says dim {dim} and {m.n_items} items")
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise ArtifactError(f"artifact {folder}: {name} metric is not inner product")
     apply_search_params(index, m.search_params)
@@ -361,6 +403,7 @@ def load_served(folder: str | Path, gpu: bool = False) -> Served:
     folder = Path(folder)
     m = read_manifest(folder)
     indexes = {h: _index(folder, spec["index"], m) for h, spec in m.heads.items()}
+    joint = None if m.joint is None else _index(folder, JOINT_INDEX, m, len(m.heads) * m.embedding_dim)
     try:
         items_t = pq.read_table(folder / "items.parquet")
         items = items_t.column("item_id").combine_chunks()
@@ -418,7 +461,8 @@ def load_served(folder: str | Path, gpu: bool = False) -> Served:
         history_scores={h: hs.values.to_numpy() for h, hs in history_score.items()},
         calibration={h: Platt.from_dict(spec["calibration"]) for h, spec in m.heads.items() if spec["calibration"]},
         popular_rows=np.concatenate([pop_rows, rest]), popular_scores=pop_scores, model=trained,
-        gpu=on_gpu(indexes) if gpu else {},
+        gpu=on_gpu(indexes) if gpu else {}, joint=joint,
+        gpu_joint=on_gpu({JOINT_INDEX: joint}).get(JOINT_INDEX) if gpu and joint is not None else None,
     )
     # Parquet decoding leaves freed buffers in pyarrow's allocator, which the service would keep resident; the
     # decoded tables go first (combine_chunks copied their columns), then the pool gives the memory back.

@@ -143,3 +143,17 @@ def test_index_command_refuses_a_bad_factory_in_one_line(trained, tmp_path, capl
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "'PQ16' cannot be built for dim" in errors[0].getMessage()
     assert not (tmp_path / "v1").exists()
+
+
+def test_one_vector_per_head_gets_a_joint_index_of_the_heads_vectors_side_by_side(one_vector_artifact, artifact):
+    import faiss
+
+    m = read_manifest(one_vector_artifact)
+    assert m.interests == 1 and m.joint == {"index": "index_joint.faiss", "heads": list(m.heads)}
+    assert "index_joint.faiss" in m.files and len(m.heads) == 2
+    joint = faiss.read_index(str(one_vector_artifact / "index_joint.faiss"))
+    heads = [faiss.read_index(str(one_vector_artifact / spec["index"])) for spec in m.heads.values()]
+    side_by_side = np.hstack([ix.reconstruct_n(0, ix.ntotal) for ix in heads])  # [N, 2D]
+    assert joint.d == 2 * m.embedding_dim and np.array_equal(joint.reconstruct_n(0, joint.ntotal), side_by_side)
+    # Several interest vectors per user: a sum of per-head maxima is no one inner product, so no joint index.
+    assert read_manifest(artifact).joint is None and not (artifact / "index_joint.faiss").exists()

@@ -160,7 +160,7 @@ def test_heads_that_disagree_with_the_model_are_refused_at_load_and_swap(client,
         assert r.status_code == 409 and message in r.json()["detail"], r.text
 
 
-def test_an_uncalibrated_head_serves_no_probability_and_no_utility(root):
+def test_an_uncalibrated_head_serves_no_probability_and_only_a_raw_score_utility(root):
     def uncalibrate(m):
         m["heads"]["engagement"]["calibration"] = None
 
@@ -171,7 +171,12 @@ def test_an_uncalibrated_head_serves_no_probability_and_no_utility(root):
         assert all("p_engagement" not in x and "p_conversion" in x for x in r["candidates"])
         bad = c.get("/candidates", params={"user": user, "utility": "conversion:1,engagement:1"})
         assert bad.status_code == 422 and "no calibration" in bad.json()["detail"][0]["msg"]
+        assert "utility_scale=score" in bad.json()["detail"][0]["msg"]
         assert c.get("/candidates", params={"user": user, "utility": "conversion:1"}).status_code == 200
+        # On raw scores a weight needs no calibration.
+        raw = c.get("/candidates", params={"user": user, "utility": "conversion:1,engagement:1",
+                                           "utility_scale": "score"})
+        assert raw.status_code == 200 and raw.json()["utility_scale"] == "score", raw.text
 
 
 def test_added_items_join_every_heads_index(client, root):
@@ -196,3 +201,115 @@ def test_the_engagement_weight_moves_the_answer(client, root):
         got = client.get("/candidates", params={"user": user, "k": 20, "utility": utility}).json()["candidates"]
         overlap.append(len(eng_top & {c["item_id"] for c in got}))
     assert overlap[0] < overlap[2] and overlap[0] <= overlap[1] <= overlap[2] and overlap[2] >= 18, overlap
+
+
+@pytest.fixture(scope="module")
+def one_vector(one_vector_artifact, tmp_path_factory):
+    """An artifacts root holding the one-vector artifact (``joint``: it has a joint index) and a copy of it
+    without its joint index (``per_head``: a raw-score utility then searches every head)."""
+    r = tmp_path_factory.mktemp("one_vector_root")
+    shutil.copytree(one_vector_artifact, r / "joint")
+    shutil.copytree(one_vector_artifact, r / "per_head")
+    m = json.loads((r / "per_head" / "manifest.json").read_text())
+    m["joint"] = None
+    del m["files"]["index_joint.faiss"]
+    (r / "per_head" / "manifest.json").write_text(json.dumps(m))
+    (r / "per_head" / "index_joint.faiss").unlink()
+    return r
+
+
+def counting_searches(monkeypatch) -> list:
+    """Record the dimension of every index the service searches."""
+    import serve.store
+
+    calls, search = [], serve.store.search
+    monkeypatch.setattr(serve.store, "search", lambda index, q, k: calls.append(index.d) or search(index, q, k))
+    return calls
+
+
+@pytest.mark.parametrize("folder", ["joint", "per_head"])
+@pytest.mark.parametrize("w", [0.05, 1.0, 4.0])
+def test_a_utility_on_raw_scores_is_brute_force_and_one_search_with_the_joint_index(one_vector, folder, w,
+                                                                                  monkeypatch):
+    art = one_vector / folder
+    ids = pq.read_table(art / "items.parquet", columns=["item_id"]).column("item_id").to_pylist()
+    with TestClient(create_app(Settings(artifacts=art))) as c:
+        calls = counting_searches(monkeypatch)
+        for row in (0, 7, 31):
+            full, _ = brute_force(art, row)
+            u = full["conversion"].astype(np.float64) + w * full["engagement"]
+            calls.clear()
+            r = c.get("/candidates", params={"user": user_id(art, row), "k": 30, "scores": "true",
+                                              "utility": f"conversion:1,engagement:{w}", "utility_scale": "score"})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["utility"] == {"conversion": 1.0, "engagement": w} and body["utility_scale"] == "score"
+            d = read_manifest(art).embedding_dim  # one search of the [N, 2D] joint index, or one per head
+            assert calls == ([2 * d] if folder == "joint" else [d, d])
+            got = body["candidates"]
+            assert np.allclose([x["score"] for x in got], np.sort(u)[::-1][:30], rtol=1e-5, atol=1e-4)
+            for x in got:
+                i = ids.index(x["item_id"])
+                assert x["score"] == pytest.approx(u[i], rel=1e-5, abs=1e-4)
+                assert x["scores"]["engagement"] == pytest.approx(full["engagement"][i], abs=1e-5)
+                assert "p_conversion" in x and "p_engagement" in x  # the calibrated probabilities still come
+
+
+@pytest.mark.parametrize("row", [0, 7])
+def test_a_utility_on_raw_scores_with_several_interest_vectors_is_brute_force(client, root, row):
+    full, _ = brute_force(root / "v1", row)  # each head's score: its best interest's inner product
+    u = full["conversion"].astype(np.float64) + 0.7 * full["engagement"]
+    body = client.post("/candidates", json={"user": int(user_id(root / "v1", row)), "k": 25,
+                                            "utility": {"conversion": 1, "engagement": 0.7},
+                                            "utility_scale": "score"}).json()
+    assert np.allclose([x["score"] for x in body["candidates"]], np.sort(u)[::-1][:25], rtol=1e-5, atol=1e-4)
+    assert body["utility_scale"] == "score"
+
+
+def test_added_items_join_the_joint_index(one_vector):
+    from dataclasses import replace
+
+    new = {"item_id": 7_777_777, "category": "c1", "brand": "b9", "price": 30.0, "rating": 4.5}
+    with TestClient(create_app(Settings(artifacts=one_vector / "joint", admin_token=TOKEN))) as c:
+        assert c.post("/admin/items", json={"items": [new]}, headers=AUTH).status_code == 200
+        served = c.app.state.service.served
+        assert served.joint.ntotal == len(served.item_ids) == served.index.ntotal
+        user = user_id(one_vector / "joint", 3)
+        utility = served.utility("conversion:1,engagement:0.5", "score")
+        everything = served.candidates(user, len(served.item_ids), False, utility)
+        assert 7_777_777 in everything.ids
+        # The same answer as every head's search scored exactly, on the same catalogue.
+        one = served.candidates(user, 40, False, utility)
+        per_head = replace(served, joint=None).candidates(user, 40, False, utility)
+        assert one.ids == per_head.ids and np.allclose(one.scores, per_head.scores, rtol=1e-5, atol=1e-4)
+
+
+def test_a_bad_utility_scale_gets_422_naming_it(client):
+    r = client.get("/candidates", params={"user": "1", "utility": "conversion:1", "utility_scale": "raw"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "utility_scale"], r.text
+    r = client.post("/candidates", json={"user": 1, "utility": "conversion:1", "utility_scale": "logit"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "utility_scale"], r.text
+
+
+def test_a_joint_index_that_disagrees_with_the_manifest_is_refused_at_load_and_swap(one_vector):
+    def reverse_heads(m):
+        m["joint"]["heads"] = list(reversed(m["joint"]["heads"]))
+
+    def head_sized(m):  # the joint file replaced by one head's index: D columns, not 2D
+        shutil.copyfile(one_vector / "bad_dim" / "index.faiss", one_vector / "bad_dim" / "index_joint.faiss")
+        m["files"]["index_joint.faiss"] = m["files"]["index.faiss"]
+
+    with TestClient(create_app(Settings(artifacts=one_vector / "joint", admin_token=TOKEN))) as c:
+        for name, edit, message in (("bad_joint_heads", reverse_heads, "manifest joint is"),
+                                    ("bad_dim", head_sized, "index_joint.faiss has dim")):
+            bad = one_vector / name
+            if bad.exists():
+                shutil.rmtree(bad)
+            shutil.copytree(one_vector / "joint", bad)
+            m = json.loads((bad / "manifest.json").read_text())
+            edit(m)
+            (bad / "manifest.json").write_text(json.dumps(m))
+            with pytest.raises(ArtifactError, match=message):
+                load_served(bad)
+            r = c.post("/admin/swap", json={"path": name}, headers=AUTH)
+            assert r.status_code == 409 and message in r.json()["detail"], r.text
