@@ -452,6 +452,8 @@ def load_served(folder: str | Path, gpu: bool = False) -> Served:
     tails = Tails(tail["rows"].offsets.to_numpy().astype(np.int64), tail["rows"].values.to_numpy(),
                   tail["events"].values.to_numpy(), tail["ts"].values.to_numpy(),
                   tail["dwell"].values.to_numpy(zero_copy_only=False))
+    gpu_copies = on_gpu({**indexes, **({} if joint is None else {JOINT_INDEX: joint})}) if gpu else {}
+    gpu_joint = gpu_copies.pop(JOINT_INDEX, None)  # the rest are the heads'
     served = Served(
         path=folder, manifest=m, indexes=indexes, item_ids=item_ids, items=IdLookup(items, m.item_id_type),
         live=LiveState(config, lookups), tails=tails, user_static=user_static, blank_static=blank,
@@ -461,8 +463,7 @@ def load_served(folder: str | Path, gpu: bool = False) -> Served:
         history_scores={h: hs.values.to_numpy() for h, hs in history_score.items()},
         calibration={h: Platt.from_dict(spec["calibration"]) for h, spec in m.heads.items() if spec["calibration"]},
         popular_rows=np.concatenate([pop_rows, rest]), popular_scores=pop_scores, model=trained,
-        gpu=on_gpu(indexes) if gpu else {}, joint=joint,
-        gpu_joint=on_gpu({JOINT_INDEX: joint}).get(JOINT_INDEX) if gpu and joint is not None else None,
+        gpu=gpu_copies, joint=joint, gpu_joint=gpu_joint,
     )
     # Parquet decoding leaves freed buffers in pyarrow's allocator, which the service would keep resident; the
     # decoded tables go first (combine_chunks copied their columns), then the pool gives the memory back.

@@ -274,14 +274,14 @@ def test_added_items_join_the_joint_index(one_vector):
         assert c.post("/admin/items", json={"items": [new]}, headers=AUTH).status_code == 200
         served = c.app.state.service.served
         assert served.joint.ntotal == len(served.item_ids) == served.index.ntotal
-        user = user_id(one_vector / "joint", 3)
+        user = served.users.parse(user_id(one_vector / "joint", 3))
         utility = served.utility("conversion:1,engagement:0.5", "score")
         everything = served.candidates(user, len(served.item_ids), False, utility)
-        assert 7_777_777 in everything.ids
+        assert everything.fallback is None and 7_777_777 in everything.ids
         # The same answer as every head's search scored exactly, on the same catalogue.
         one = served.candidates(user, 40, False, utility)
         per_head = replace(served, joint=None).candidates(user, 40, False, utility)
-        assert one.ids == per_head.ids and np.allclose(one.scores, per_head.scores, rtol=1e-5, atol=1e-4)
+        assert one.fallback is None and one.ids == per_head.ids and np.allclose(one.scores, per_head.scores, rtol=1e-5, atol=1e-4)
 
 
 def test_a_bad_utility_scale_gets_422_naming_it(client):
@@ -313,3 +313,21 @@ def test_a_joint_index_that_disagrees_with_the_manifest_is_refused_at_load_and_s
                 load_served(bad)
             r = c.post("/admin/swap", json={"path": name}, headers=AUTH)
             assert r.status_code == 409 and message in r.json()["detail"], r.text
+
+
+def test_a_live_user_on_raw_scores_gets_the_joint_indexs_answer_as_every_heads_search(one_vector):
+    from dataclasses import replace
+
+    served = load_served(one_vector / "joint")
+    events = [{"item_id": int(i), "event": e, "ts": 1_900_000_000 + 60 * j}
+              for j, (i, e) in enumerate(zip(served.item_ids[:4], ("view", "click", "view", "purchase"), strict=True))]
+    fresh, ignored = served.fresh_tail(events)
+    assert ignored == 0 and len(fresh) == 4
+    utility = served.utility("conversion:1,engagement:2", "score")
+    stored = served.users.parse(user_id(one_vector / "joint", 5))
+    assert served.users.row(stored) == 5
+    for user in (None, stored):  # a new user, and a stored one with fresh events
+        one = served.candidates_live(user, fresh, 30, True, utility)
+        per_head = replace(served, joint=None).candidates_live(user, fresh, 30, True, utility)
+        assert one.ids == per_head.ids and np.allclose(one.scores, per_head.scores, rtol=1e-5, atol=1e-4)
+        assert int(served.item_ids[3]) not in one.ids  # the fresh purchase is excluded
