@@ -299,9 +299,13 @@ def test_a_joint_index_that_disagrees_with_the_manifest_is_refused_at_load_and_s
         shutil.copyfile(one_vector / "bad_dim" / "index.faiss", one_vector / "bad_dim" / "index_joint.faiss")
         m["files"]["index_joint.faiss"] = m["files"]["index.faiss"]
 
+    def two_interests(m):
+        m["interests"] = 2
+
     with TestClient(create_app(Settings(artifacts=one_vector / "joint", admin_token=TOKEN))) as c:
         for name, edit, message in (("bad_joint_heads", reverse_heads, "manifest joint is"),
-                                    ("bad_dim", head_sized, "index_joint.faiss has dim")):
+                                    ("bad_dim", head_sized, "index_joint.faiss has dim"),
+                                    ("bad_interests", two_interests, "a joint index with 2 interest vectors")):
             bad = one_vector / name
             if bad.exists():
                 shutil.rmtree(bad)
