@@ -25,7 +25,6 @@ from index.artifact import (
 )
 from index.calibrate import calibrate_heads
 from index.faiss_index import (
-    FactoryError,
     apply_search_params,
     build_index,
     check_factory,
@@ -83,18 +82,11 @@ def purchased_rows(corpus: Corpus) -> pa.Array:
 def joint_index(head_items: dict[str, np.ndarray], interests: int, factory: str, use_gpu: bool | None,
                 seed: int) -> faiss.Index | None:
     """The heads' item vectors side by side, [N, H * D] in head order, indexed like each head's: a utility on raw
-    scores with one user vector per head is then one search (serve/store.py). None with one head, with several
-    interest vectors (a sum over heads of each head's best interest is no one inner product), or where the
-    factory cannot take the wider vectors (the service then answers from each head's search)."""
+    scores with one user vector per head is then one search (serve/store.py). None with one head, or with several
+    interest vectors (a sum over heads of each head's best interest is no one inner product)."""
     if len(head_items) < 2 or interests != 1:
         return None
-    vectors = np.hstack(list(head_items.values()))
-    try:
-        check_factory(factory, vectors.shape[1])
-    except FactoryError as e:
-        log.warning("index: no joint index: %s; a utility on raw scores searches every head", e)
-        return None
-    return build_index(vectors, factory, use_gpu=use_gpu, seed=seed)
+    return build_index(np.hstack(list(head_items.values())), factory, use_gpu=use_gpu, seed=seed)
 
 
 def build(checkpoint: str | Path, out: str | Path, factory: str = "Flat", events: str | None = None,
