@@ -42,7 +42,9 @@ from retrieval.utility import UtilityError, check_weights
 
 # 2: users.parquet carries history items and their scores (the repeat term); 3: a user has `interests` vectors;
 # 4: the live user state: users' event tails and tower inputs, items' history lookups (in_* columns);
-# 5: one index, user vectors and history scores per head, each head's calibration (manifest ``heads``)
+# 5: one index, user vectors and history scores per head, each head's calibration (manifest ``heads``); later, an
+# optional ``joint`` index: a version-5 manifest without it still loads (a raw-score utility then searches every
+# head), and a service from before it refuses a manifest with it, naming the field
 FORMAT_VERSION = 5
 FILES = ("index.faiss", "items.parquet", "users.parquet", "popular.parquet", "model.pt")
 
