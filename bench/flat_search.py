@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import serve.store as store  # noqa: E402
 from bench.report import publish, table  # noqa: E402
 from serve.app import one_thread  # noqa: E402
-from serve.store import load_served  # noqa: E402
+from serve.load import load_served  # noqa: E402
 
 
 def faiss_search(index, queries, k):

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import ROOT, publish, table  # noqa: E402
 from bench.serve_load import tree_rss, wait_ready  # noqa: E402
 from index.build import build  # noqa: E402
-from serve.store import load_served  # noqa: E402
+from serve.load import load_served  # noqa: E402
 
 TOKEN = "soak-token"
 NEW_ITEM = {"item_id": 9_999_001, "category": "c3", "brand": "b20", "price": 25.0, "rating": 4.8}

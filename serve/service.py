@@ -21,9 +21,10 @@ from index.artifact import ArtifactError
 from serve.batcher import TowerBatcher
 from serve.journal import Journal, replay_from
 from serve.live_store import MemoryStore, RedisStore
+from serve.load import load_served
 from serve.metrics import Metrics
 from serve.settings import Settings
-from serve.store import Served, load_served
+from serve.store import Served
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from retrieval.heads import SERVED
 from retrieval.live import EventTail
 from serve.app import create_app
 from serve.batcher import MAX_HOPS, TowerBatcher
+from serve.load import load_served
 from serve.settings import Settings
-from serve.store import load_served
 
 
 def fresh_events(served, seed: int, n: int = 12) -> EventTail:

@@ -12,8 +12,8 @@ from helpers import AUTH, TOKEN
 
 from index.faiss_index import gpu_count
 from serve.app import create_app
+from serve.load import load_served
 from serve.settings import Settings
-from serve.store import load_served
 
 
 def answers(root, version: str, gpu: bool, users=("1", "2", "3", "new-user")) -> list[list]:
@@ -25,7 +25,7 @@ def answers(root, version: str, gpu: bool, users=("1", "2", "3", "new-user")) ->
 def test_gpu_asked_without_one_falls_back_in_one_line(root, caplog):
     if gpu_count() > 0:
         pytest.skip("a GPU is present: the fallback is not taken")
-    with caplog.at_level(logging.WARNING, logger="serve.store"):
+    with caplog.at_level(logging.WARNING, logger="serve.load"):
         got = answers(root, "v1", gpu=True)
     lines = [r.getMessage() for r in caplog.records if "--gpu" in r.getMessage()]
     assert len(lines) == 1 and "no GPU" in lines[0]
@@ -54,7 +54,7 @@ def test_gpu_index_takes_new_items(root):
 def test_gpu_asked_without_one_falls_back_in_one_line_for_the_joint_index_too(one_vector_artifact, caplog):
     if gpu_count() > 0:
         pytest.skip("a GPU is present: the fallback is not taken")
-    with caplog.at_level(logging.WARNING, logger="serve.store"):
+    with caplog.at_level(logging.WARNING, logger="serve.load"):
         served = load_served(one_vector_artifact, gpu=True)
     lines = [r.getMessage() for r in caplog.records if "--gpu" in r.getMessage()]
     assert len(lines) == 1 and "index_joint.faiss" in lines[0], lines

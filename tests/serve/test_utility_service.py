@@ -14,12 +14,13 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import TOKEN
 
+import serve.store
 from index.artifact import ArtifactError, read_manifest
 from index.build import build
 from retrieval.calibration import Platt
 from serve.app import create_app
+from serve.load import load_served
 from serve.settings import Settings
-from serve.store import load_served
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -220,8 +221,6 @@ def one_vector(one_vector_artifact, tmp_path_factory):
 
 def counting_searches(monkeypatch) -> list:
     """Record the dimension of every index the service searches."""
-    import serve.store
-
     calls, search = [], serve.store.search
     monkeypatch.setattr(serve.store, "search", lambda index, q, k: calls.append(index.d) or search(index, q, k))
     return calls
