@@ -5,8 +5,7 @@
 The quality report finds the full model and dual-weighted ALS within noise of each other on synth. This asks
 whether either holds signal the other lacks, on the validation window only (the test window stays unread):
 the model as the service answers, dual ALS, a baseline that knows nothing but the user's categories, the items'
-popularity and the user's own items (score = share of the user's weighted events in the item's category x the
-item's share of weighted events and conversions, plus the user's own weight on the item), and rank fusions of
+popularity and the user's own items (retrieval.scorers.feature_popularity_scorer), and rank fusions of
 the model with each (score = -w * log(1 + the model's rank) - (1 - w) * log(1 + the other's rank)). Where no
 fusion beats the model alone, the other method carries nothing the model lacks, and the gap between the two is
 all a better setting of the model could gain over the baseline.
@@ -23,47 +22,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import ROOT, publish, table  # noqa: E402
 from retrieval import evaluate as E  # noqa: E402
 from retrieval.checkpoint import load_trained  # noqa: E402
-from retrieval.corpus import Corpus, EvalSet  # noqa: E402
-from retrieval.events import CONVERSION  # noqa: E402
+from retrieval.corpus import EvalSet  # noqa: E402
 from retrieval.metrics import recall  # noqa: E402
-from retrieval.scorers import Scorer  # noqa: E402
+from retrieval.scorers import Scorer, feature_popularity_scorer  # noqa: E402
 
 SELECT = ROOT / "work" / "bench" / "synth" / "runs" / "two-tower_full" / "select" / "log"
 FUSION_WEIGHTS = (0.25, 0.5, 0.75)
-
-
-def category_scorer(corpus: Corpus, now: int, conv_mix: float = 0.5, smooth: float = 0.01) -> Scorer:
-    """Category affinity x popularity, plus the user's own items (see the module doc)."""
-    items = pq.read_table(corpus.config.items, columns=["item_id", "category"])
-    where = pc.index_in(corpus.catalogue, value_set=items.column("item_id").combine_chunks())
-    if where.null_count:
-        raise SystemExit(f"headroom: {where.null_count} catalogue items have no row in {corpus.config.items}")
-    cats = np.unique(items.column("category").to_numpy(zero_copy_only=False), return_inverse=True)[1]
-    cat = cats[where.to_numpy(zero_copy_only=False)]  # [N] category code per catalogue row
-    ev, row, w = corpus.events, corpus.event_row, corpus.weight
-    before = ev.ts < now
-    eng = np.bincount(row[before], weights=w[before], minlength=corpus.n_items)
-    conv = np.bincount(row[before & (ev.kind == CONVERSION)], minlength=corpus.n_items)
-    pop = eng / eng.sum() + conv_mix * conv / max(conv.sum(), 1)  # [N]
-
-    def score(i: np.ndarray, es: EvalSet) -> np.ndarray:
-        out = np.empty((len(i), corpus.n_items), np.float32)
-        for j, u in enumerate(i):
-            lo, hi = corpus.user_start[es.users[u]], es.end[u]
-            affinity = np.bincount(cat[row[lo:hi]], weights=w[lo:hi], minlength=cat.max() + 1) + smooth
-            out[j] = affinity[cat] / affinity.sum() * pop + np.bincount(row[lo:hi], weights=w[lo:hi],
-                                                                         minlength=corpus.n_items)
-        return out
-
-    return score
 
 
 def log_ranks(scores: np.ndarray) -> np.ndarray:
@@ -96,7 +66,7 @@ def main() -> None:
     es = corpus.eval_set(1)
     model = E.with_popularity_fallback(E.two_tower_scorer(trained.model, corpus), corpus)
     als = E.als_scorer(corpus, es.now, dual=True)
-    cat = category_scorer(corpus, es.now)
+    cat = E.with_popularity_fallback(feature_popularity_scorer(corpus, es.now), corpus)
     scorers = {"two-tower full (as served)": model, "ALS (dual-weighted)": als, "category x popularity": cat}
     for name, other in (("ALS", als), ("category x popularity", cat)):
         for w in FUSION_WEIGHTS:

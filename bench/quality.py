@@ -5,7 +5,8 @@
 For each dataset, in one run on the same temporal split: the two-tower model (full, and each ablation)
 trained with the dataset's config (epochs chosen on the validation window, then refit on everything before the
 test window with configs/refit.yaml, as a deployment would be), and the baselines (conversion and engagement popularity; implicit's
-ALS on conversions and on dual-weighted interactions). Every method is scored on the test window by the
+ALS on conversions and on dual-weighted interactions; where the items have a category feature, the user's share
+of events per category times popularity, plus their own items: retrieval.scorers.feature_popularity_scorer). Every method is scored on the test window by the
 same code (retrieval/evaluate.py), with 95% bootstrap intervals over users. Writes the "quality" section of
 docs/benchmarks.md and PNG plots under docs/img/.
 """
@@ -30,6 +31,7 @@ from retrieval.checkpoint import load_trained  # noqa: E402
 from retrieval.cli import main as cli  # noqa: E402
 from retrieval.events import ENGAGEMENT  # noqa: E402
 from retrieval.model import TwoTowerModel  # noqa: E402
+from retrieval.scorers import feature_popularity_scorer  # noqa: E402
 from retrieval.split import temporal_split  # noqa: E402
 from retrieval.synth import WorldConfig, generate  # noqa: E402
 
@@ -203,6 +205,8 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
     score("popularity (engagement)", E.popularity_scorer(corpus, now, ENGAGEMENT))
     score("ALS (conversions)", E.als_scorer(corpus, now, dual=False))
     score("ALS (dual-weighted)", E.als_scorer(corpus, now, dual=True))
+    if "category" in corpus.item_inputs:  # what category, popularity and repeats alone retrieve
+        score("category x popularity", E.with_popularity_fallback(feature_popularity_scorer(corpus, now), corpus))
     full = per_user.get("two-tower full")
     for m, r in results.items():  # paired: full model minus this method, per user, resampled together
         none = (np.nan,) * 3 + (0,)

@@ -22,6 +22,34 @@ def popularity_scorer(corpus: Corpus, now: int, kind: int = CONVERSION) -> Score
     return score
 
 
+def feature_popularity_scorer(corpus: Corpus, now: int, feature: str = "category", conv_mix: float = 0.5,
+                              smooth: float = 0.01) -> Scorer:
+    """A baseline that knows only a categorical item feature, popularity and the user's own items: an item's score
+    is the share of the user's weighted events before the window whose item has the item's ``feature`` value
+    (plus ``smooth`` per value), times the item's popularity (its share of all weighted events before ``now``,
+    plus ``conv_mix`` times its share of conversions), plus the user's own summed event weight on the item."""
+    if feature not in corpus.item_inputs:
+        raise ValueError(f"feature_popularity_scorer: no item feature {feature!r}; the config has "
+                         f"{sorted(k for k in corpus.item_inputs if k != 'id')}")
+    code = np.asarray(corpus.item_inputs[feature], np.int64)  # [N] the feature's code per catalogue row
+    n_codes = int(code.max()) + 1
+    ev, row, w = corpus.events, corpus.event_row, corpus.weight
+    before = ev.ts < now
+    eng = np.bincount(row[before], weights=w[before], minlength=corpus.n_items)
+    conv = np.bincount(row[before & (ev.kind == CONVERSION)], minlength=corpus.n_items)
+    pop = eng / max(eng.sum(), 1e-12) + conv_mix * conv / max(conv.sum(), 1)  # [N]
+
+    def score(i: np.ndarray, es: EvalSet) -> np.ndarray:
+        out = np.empty((len(i), corpus.n_items), np.float32)
+        for j, u in enumerate(i):
+            lo, hi = corpus.user_start[es.users[u]], es.end[u]  # the user's events before the window
+            share = np.bincount(code[row[lo:hi]], weights=w[lo:hi], minlength=n_codes) + smooth
+            out[j] = share[code] / share.sum() * pop + np.bincount(row[lo:hi], weights=w[lo:hi],
+                                                                    minlength=corpus.n_items)
+        return out
+
+    return score
+
 
 def fit_als(corpus: Corpus, now: int, dual: bool, factors: int = 64, iterations: int = 20,
             regularization: float = 0.05, alpha: float = 20.0, seed: int = 0):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from helpers import tiny_corpus
 
 from retrieval import evaluate as E
 from retrieval.corpus import EvalSet
+from retrieval.scorers import feature_popularity_scorer
 
 
 def test_recall_ndcg_and_bootstrap_exact():
@@ -85,6 +87,31 @@ def test_popularity_fallback_scores_unknown_users_as_the_service_does(tiny_world
     before_val = c.item_counts(E.CONVERSION, val.now)
     assert val.now < es.now and not np.array_equal(before_val, pop)
     assert (score(np.arange(len(val.users)), val) == before_val).all()
+
+
+def test_feature_popularity_baseline_against_a_per_event_reference(tiny_world):
+    """category share x popularity + own items, recomputed event by event from the log."""
+    c = tiny_corpus(tiny_world)
+    es = c.eval_set(2)
+    score = feature_popularity_scorer(c, es.now)
+    got = score(np.arange(len(es.users)), es)  # [U, N]
+    ev, cat = c.events, c.item_inputs["category"]
+    eng, conv = np.zeros(c.n_items), np.zeros(c.n_items)
+    for e in np.flatnonzero(ev.ts < es.now):
+        eng[c.event_row[e]] += c.weight[e]
+        conv[c.event_row[e]] += ev.kind[e] == E.CONVERSION
+    pop = eng / eng.sum() + 0.5 * conv / conv.sum()
+    checked = 0
+    for j in range(0, len(es.users), 7):
+        share, own = np.full(cat.max() + 1, 0.01), np.zeros(c.n_items)
+        for e in range(c.user_start[es.users[j]], es.end[j]):
+            share[cat[c.event_row[e]]] += c.weight[e]
+            own[c.event_row[e]] += c.weight[e]
+        assert np.allclose(got[j], share[cat] / share.sum() * pop + own, rtol=1e-5, atol=1e-9)
+        checked += own.sum() > 0
+    assert checked > 3  # users with events before the window, not only the empty-history case
+    with pytest.raises(ValueError, match="no item feature 'colour'"):
+        feature_popularity_scorer(c, es.now, "colour")
 
 
 def test_evaluate_command_scores_a_checkpoint_against_baselines(trained, tmp_path, capsys):
