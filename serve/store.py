@@ -162,7 +162,7 @@ class Served:
 
     def candidates(self, user: int | str | None, k: int, exclude_purchased: bool,
                    utility: Utility | None = None, with_scores: bool = False) -> Answer:
-        """One user's answer; unknown users get conversion popularity. utility: checked weights (:meth:`utility`)."""
+        """One user's answer; unknown users get conversion popularity. utility: a checked one (:meth:`utility`)."""
         row = self.users.row(user)
         if row is None:
             return Answer("popular", self.item_id_list(self.popular_rows[:k]), self.popular_scores[:k].tolist())
