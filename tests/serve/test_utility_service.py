@@ -133,11 +133,12 @@ def test_presets_are_declared_at_build_and_named_at_query(trained, root, tmp_pat
         assert c.get("/candidates", params={"user": "1", "utility": "browsing"}).status_code == 422
 
 
-def damaged(root, name: str, edit) -> str:
+def damaged(root, name: str, edit, source=None) -> str:
+    """A copy of ``source`` (default: root/v1) as root/name, its manifest changed by ``edit``; returns name."""
     bad = root / name
     if bad.exists():
         shutil.rmtree(bad)
-    shutil.copytree(root / "v1", bad)
+    shutil.copytree(root / "v1" if source is None else source, bad)
     m = json.loads((bad / "manifest.json").read_text())
     edit(m)
     (bad / "manifest.json").write_text(json.dumps(m))
@@ -210,11 +211,12 @@ def one_vector(one_vector_artifact, tmp_path_factory):
     without its joint index (``per_head``: a raw-score utility then searches every head)."""
     r = tmp_path_factory.mktemp("one_vector_root")
     shutil.copytree(one_vector_artifact, r / "joint")
-    shutil.copytree(one_vector_artifact, r / "per_head")
-    m = json.loads((r / "per_head" / "manifest.json").read_text())
-    m["joint"] = None
-    del m["files"]["index_joint.faiss"]
-    (r / "per_head" / "manifest.json").write_text(json.dumps(m))
+
+    def no_joint(m):
+        m["joint"] = None
+        del m["files"]["index_joint.faiss"]
+
+    damaged(r, "per_head", no_joint, one_vector_artifact)
     (r / "per_head" / "index_joint.faiss").unlink()
     return r
 
@@ -305,15 +307,9 @@ def test_a_joint_index_that_disagrees_with_the_manifest_is_refused_at_load_and_s
         for name, edit, message in (("bad_joint_heads", reverse_heads, "manifest joint is"),
                                     ("bad_dim", head_sized, "index_joint.faiss has dim"),
                                     ("bad_interests", two_interests, "a joint index with 2 interest vectors")):
-            bad = one_vector / name
-            if bad.exists():
-                shutil.rmtree(bad)
-            shutil.copytree(one_vector / "joint", bad)
-            m = json.loads((bad / "manifest.json").read_text())
-            edit(m)
-            (bad / "manifest.json").write_text(json.dumps(m))
+            damaged(one_vector, name, edit, one_vector / "joint")
             with pytest.raises(ArtifactError, match=message):
-                load_served(bad)
+                load_served(one_vector / name)
             r = c.post("/admin/swap", json={"path": name}, headers=AUTH)
             assert r.status_code == 409 and message in r.json()["detail"], r.text
 
