@@ -173,11 +173,10 @@ def main() -> None:
     body = script.parent / "body.json"
     names = [f"service, {k} user vector{'s' if k > 1 else ''}" + (f", {w} processes" if w > 1 else "")
              for k, w in ks]
-    utility_names = {f"{n}, utility {a.utility}, {s}": n for n in names for s in scales}
-    utility_scale = {f"{n}, utility {a.utility}, {s}": s for n in names for s in scales}
+    utility_rows = {f"{n}, utility {a.utility}, {s}": (n, s) for n in names for s in scales}  # -> default row, scale
     names += ["constant response, async endpoint (ceiling)", "constant response, plain def endpoint (threadpool)"]
     ports = {name: a.port + i for i, name in enumerate(names)}
-    ports.update({u: ports[n] for u, n in utility_names.items()})  # the same process, another request
+    ports.update({u: ports[n] for u, (n, _) in utility_rows.items()})  # the same process, another request
     procs, idle = {}, {}
     try:
         # Every server stays up through the measurement and the rows take turns, round after round: a
@@ -195,11 +194,11 @@ def main() -> None:
             check = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{ports[names[0]]}/candidates?user=1&k=100"
                                                       f"&utility={a.utility}&utility_scale={s}").read())
             assert check.get("utility_scale") == s, str(check)[:200]
-        rows_in_turn = [*names[:len(ks)], *utility_names, *names[len(ks):]]
+        rows_in_turn = [*names[:len(ks)], *utility_rows, *names[len(ks):]]
         rounds = {(name, c): [] for name in rows_in_turn for c in (1, 16)}
         for _ in range(a.rounds):
             for (name, c), runs in rounds.items():
-                lua = utility_scripts[utility_scale[name]] if name in utility_names else script
+                lua = utility_scripts[utility_rows[name][1]] if name in utility_rows else script
                 runs.append(wrk(ports[name], c, a.seconds, str(lua)))
         loaded = {name: tree_rss(procs[name].pid) for name in names[:len(ks)]}
     finally:
@@ -211,8 +210,8 @@ def main() -> None:
 
     def row(name: str, c: int) -> list:
         r = rows[(name, c)]
-        ref = utility_names.get(name, reference)  # a utility row: against its own process's default path
-        vs_ref = f"{r['rps'] / rows[(ref, c)]['rps']:.2f}" if name in names[:len(ks)] or name in utility_names else "-"
+        ref = utility_rows.get(name, (reference,))[0]  # a utility row: against its own process's default path
+        vs_ref = f"{r['rps'] / rows[(ref, c)]['rps']:.2f}" if name in names[:len(ks)] or name in utility_rows else "-"
         return [name, c, f"{r['rps']:,.0f} ({r['low']:,.0f}-{r['high']:,.0f})",
                 f"{r['rps'] / rows[(ceiling, c)]['rps']:.2f}", vs_ref, f"{r['p50']:.2f}", f"{r['p90']:.2f}",
                 f"{r['p99']:.2f}", r["errors"], r["socket"]]
@@ -248,7 +247,7 @@ def main() -> None:
           table(["server", "connections", "requests/s (range)", "ratio to ceiling",
                  "to first" + (" (utility: to default)" if a.utility else ""), "p50 ms",
                  "p90 ms", "p99 ms", "non-2xx", "socket errors"],
-                [row(n, c) for n in [*names[:len(ks)], *utility_names, *names[len(ks):]] for c in (1, 16)]), "",
+                [row(n, c) for n in [*names[:len(ks)], *utility_rows, *names[len(ks):]] for c in (1, 16)]), "",
           "Service resident memory: " + "; ".join(memory) + ".", ""])
 
 

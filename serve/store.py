@@ -30,6 +30,7 @@ from retrieval.inference import to_torch
 from retrieval.live import EventTail, LiveState, Tails
 from retrieval.utility import (
     PROBABILITY,
+    SCALES,
     SCORE,
     Utility,
     UtilityError,
@@ -149,8 +150,8 @@ class Served:
         """A checked utility (``head:w,...``, a preset's name, or {head: w}) on ``scale``; a UtilityError names
         what is wrong, on the probability scale a head without calibration too (its probability is what a
         weight weighs there)."""
-        if scale not in (PROBABILITY, SCORE):
-            raise UtilityError(f"utility_scale: '{scale}'; expected {PROBABILITY} or {SCORE}")
+        if scale not in SCALES:
+            raise UtilityError(f"utility_scale: '{scale}'; expected one of {list(SCALES)}")
         weights = (parse_utility(spec, self.heads, self.manifest.utility_presets) if isinstance(spec, str)
                    else check_weights(spec, self.heads))
         uncalibrated = [h for h in weights if h not in self.calibration]
