@@ -139,6 +139,27 @@ class World:
         pos = np.clip(np.searchsorted(self._cum, r, side="left"), 0, len(self._order) - 1)
         return self._order[pos]
 
+    def view_logits(self, style: np.ndarray, cand: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """style [V, D] of the viewing users, cand [V, K] candidate items, t [V] view times -> the style affinity
+        [V, K] and the choice logits before Gumbel noise [V, K] (-inf for an item not yet launched)."""
+        cfg = self.cfg
+        style_aff = np.einsum("vd,vkd->vk", style, self.style[cand]) / np.sqrt(cfg.taste_dim)
+        age = t[:, None] - self.launch[cand]  # [V, K] seconds since launch (< 0: not yet on sale)
+        novelty = cfg.novelty * np.exp(-np.maximum(age, 0) / (cfg.novelty_days * DAY))
+        return style_aff, np.where(age >= 0, cfg.style_weight * style_aff + novelty, -np.inf)
+
+    def funnel_logits(self, fit: np.ndarray, price_sens: np.ndarray, item: np.ndarray,
+                      style_aff: np.ndarray) -> tuple[np.ndarray, ...]:
+        """A view's hidden fit affinity, the item's quality and the logits of a click, an add-to-cart given the
+        click and a purchase given the cart: fit [..., D] and price_sens [...] of the viewing user, item [...]
+        and style_aff [...] of the view; every output has item's shape."""
+        fit_aff = np.einsum("...d,...d->...", fit, self.fit[item]) / np.sqrt(self.cfg.taste_dim)
+        q = self.quality[item]
+        click = -0.6 + 0.4 * style_aff + 0.15 * fit_aff
+        cart = -1.6 + 0.6 * fit_aff + 0.4 * q
+        buy = -0.6 + 1.6 * fit_aff + 1.0 * q - price_sens * (self.log_price[item] - 3.5)
+        return fit_aff, q, click, cart, buy
+
     def events(self, lo: int, hi: int) -> pa.Table:
         """Events of users [lo, hi) as a contract table."""
         cfg, u = self.cfg, self.users(lo, hi)
@@ -157,22 +178,17 @@ class World:
         V = len(v_sess)
         # A view: among popular candidates of the session's category, launched ones, chosen by style and novelty.
         cand = self.sample_items(rng, s_cat[v_sess], cfg.candidates)  # [V, K]
-        style_aff = np.einsum("vd,vkd->vk", u["style"][v_user], self.style[cand]) / np.sqrt(cfg.taste_dim)
-        age = s_start[v_sess][:, None] - self.launch[cand]  # [V, K] seconds since launch (< 0: not yet on sale)
-        novelty = cfg.novelty * np.exp(-np.maximum(age, 0) / (cfg.novelty_days * DAY))
-        gumbel = -np.log(-np.log(rng.random(cand.shape)))
-        logit = np.where(age >= 0, cfg.style_weight * style_aff + novelty + gumbel, -np.inf)
-        choice = np.argmax(logit, 1)
+        style_aff, logit = self.view_logits(u["style"][v_user], cand, s_start[v_sess])
+        choice = np.argmax(logit - np.log(-np.log(rng.random(cand.shape))), 1)  # Gumbel-max: a softmax draw
         v_item0 = cand[np.arange(V), choice]
-        fit_aff = np.einsum("vd,vd->v", u["fit"][v_user], self.fit[v_item0]) / np.sqrt(cfg.taste_dim)
-        q = self.quality[v_item0]
+        fit_aff, q, click_l, cart_l, buy_l = self.funnel_logits(u["fit"][v_user], u["price_sens"][v_user], v_item0,
+                                                                style_aff[np.arange(V), choice])
         # Dwell partly reveals fit and quality; clicks barely do; purchases depend on them.
         d_view = rng.lognormal(2.3 + 0.45 * fit_aff + 0.25 * q, 0.9)
-        click = rng.random(V) < _sigmoid(-0.6 + 0.4 * style_aff[np.arange(V), choice] + 0.15 * fit_aff)
+        click = rng.random(V) < _sigmoid(click_l)
         d_click = rng.lognormal(3.0 + 0.4 * fit_aff, 0.8)
-        cart = click & (rng.random(V) < _sigmoid(-1.6 + 0.6 * fit_aff + 0.4 * q))
-        price_term = u["price_sens"][v_user] * (self.log_price[v_item0] - 3.5)
-        buy = cart & (rng.random(V) < _sigmoid(-0.6 + 1.6 * fit_aff + 1.0 * q - price_term))
+        cart = click & (rng.random(V) < _sigmoid(cart_l))
+        buy = cart & (rng.random(V) < _sigmoid(buy_l))
         d_cart = rng.lognormal(1.5, 0.5, size=V)
         # Time: views follow each other within the session; actions on a view follow the view.
         dur = d_view + click * d_click + cart * d_cart + rng.exponential(8.0, size=V)
