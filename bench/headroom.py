@@ -120,8 +120,8 @@ def main() -> None:
     p.add_argument("--checkpoint", default=None, help="a model fitted with the validation window held out")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    ckpt = Path(a.checkpoint) if a.checkpoint else next(iter(sorted(SELECT.glob("version_*/checkpoints/best.ckpt"))),
-                                                          None)
+    fits = sorted(SELECT.glob("version_*/checkpoints/best.ckpt"), key=lambda p: p.stat().st_mtime)
+    ckpt = Path(a.checkpoint) if a.checkpoint else (fits[-1] if fits else None)  # the newest fit
     if ckpt is None or not ckpt.exists():
         raise SystemExit(f"headroom: no checkpoint at {a.checkpoint or SELECT}; run bench/quality.py "
                          f"--datasets synth first, or pass --checkpoint")

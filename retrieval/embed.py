@@ -33,9 +33,10 @@ def embed_items_heads(model: TwoTower, corpus: Corpus, batch_size: int = 8192, p
     out = {h: np.empty((n, model.embedding_dim), np.float32) for h in heads}
     for lo in tqdm(range(0, n, batch_size), desc="embed items", unit="batch", disable=not progress):
         rows = np.arange(lo, min(n, lo + batch_size))
-        raw = model.item_tower(to_torch(corpus.item_batch(rows)))
+        x = to_torch(corpus.item_batch(rows))
+        raw = model.item_tower(x)
         for h in heads:
-            out[h][lo: lo + len(rows)] = model.served_item(raw[h]).numpy()
+            out[h][lo: lo + len(rows)] = model.served_item(raw[h], x).numpy()
     return out
 
 

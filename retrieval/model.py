@@ -38,6 +38,9 @@ class TwoTowerModel(L.LightningModule):
         event_roles: dict[str, dict[str, float]] | None = None,
         logq: bool = True,
         repeat: bool = True,
+        prior_feature: str | None = None,
+        prior_smoothing: float = 0.01,
+        prior_weight: float | None = None,
         freq_alpha: float = 0.05,
         freq_buckets: int = 1 << 20,
         lr: float = 1e-3,
@@ -71,6 +74,11 @@ class TwoTowerModel(L.LightningModule):
             repeat: add a learned repeat term, scale * log1p(the item's summed weight in the user's history
                 bag), to every score (retrieval/repeat.py); its scale is fitted on the towers' scores held
                 fixed; served by merging the user's history items into the index's answer.
+            prior_feature: a categorical item feature (also in the history bags): every score gets
+                beta * log(the user's smoothed share of history on the item's value), beta learned per head
+                (retrieval/prior.py); served as one more dimension per value of the feature. None = no prior.
+            prior_smoothing: added to every value's history weight before the share is taken.
+            prior_weight: beta held fixed at this value (logit units) instead of learned (None = learned).
             freq_alpha: learning rate of the streaming frequency estimator.
             freq_buckets: hash buckets of the streaming frequency estimator.
             lr: Adam learning rate of the dense layers.
@@ -100,12 +108,15 @@ class TwoTowerModel(L.LightningModule):
                    affinity: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
         """One head's loss: its sampled softmax of user vectors u [B, (K,) D] over the B in-batch and N sampled
         columns (emb [B + N, D]), rows of weight > 0. bias: [B, B + N] the step's column_bias (logQ and masks: the
-        same for every head); affinity: the repeat term's entries (rows, columns, history weights)."""
+        same for every head), plus the head's prior where the model has one; affinity: the repeat term's entries
+        (rows, columns, history weights)."""
         net, B = self.net, weight.shape[0]
         rows = torch.nonzero(weight > 0).squeeze(1)
         if rows.numel() == 0:  # keeps every parameter in the graph (DDP) with a zero loss
             zero = (u.sum() + emb.sum()) * 0.0
-            return zero if net.repeat_raw is None else zero + net.repeat_raw.sum() * 0.0
+            for extra in (net.repeat_raw, net.prior_raw):
+                zero = zero if extra is None else zero + extra.sum() * 0.0
+            return zero
         query = net.query(u)
         subset = rows.numel() * 2 < B  # a head of few positives computes its rows alone; others all, weighing 0
         if subset:
@@ -142,14 +153,20 @@ class TwoTowerModel(L.LightningModule):
         cand = Candidates(None, batch["pos_item"], self.freq.log_prob(batch["pos_item"]) if h.logq else None, users)
         neg = None if not N else Candidates(None, batch["neg_item"], batch["neg_log_q"] if h.logq else None)
         bias = column_bias(torch.arange(B, device=w.device), users, cand, neg, u[SERVED].dtype)  # [B, B + N]
+        prior = None
+        if net.prior_raw is not None:  # [B, B + N] each row's log share at each column's value, before beta
+            f = net.prior_feature
+            prior = net.prior_logits(batch["user"], torch.cat([batch["pos"][f], batch["neg"][f]]) if N
+                                     else batch["pos"][f]).to(bias.dtype)
         affinity = None
         if net.repeat_raw is not None:
             affinity = history_entries(batch["user"]["hist_rows"], batch["user"]["hist_weights"],
                                        torch.cat([batch["pos_item"], batch["neg_item"]]))
         out, total = {}, None
         for i, head in enumerate(self.head_specs):  # [B] an example's weight in this head: its weight x multiplier
+            head_bias = bias if prior is None else bias + net.prior_scale(head.name) * prior
             out[head.name] = self._head_loss(head.name, u[head.name], items[head.name], w * self.event_mult[i][event],
-                                             bias, affinity)
+                                             head_bias, affinity)
             term = head.weight * out[head.name]
             total = term if total is None else total + term
         out["total"] = total

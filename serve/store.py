@@ -305,8 +305,9 @@ class Served:
         x = vocab.encode(ids, table, "new items")
         net = self.model.model
         with torch.inference_mode():
-            raw = net.item_tower(to_torch(x))
-            vecs = {h: net.served_item(raw[h]).numpy() for h in self.heads}
+            xt = to_torch(x)
+            raw = net.item_tower(xt)
+            vecs = {h: net.served_item(raw[h], xt).numpy() for h in self.heads}
         indexes = {}
         for h, ix in self.indexes.items():
             indexes[h] = faiss.clone_index(ix)  # copy-on-write: requests in flight keep the old index

@@ -25,7 +25,8 @@ def test_artifact_contents_match_the_model(artifact, trained):
     assert users.num_rows == m.n_users
     vec = np.stack(items.column("vector").to_numpy(zero_copy_only=False))
     assert vec.shape == (m.n_items, m.embedding_dim)
-    assert m.embedding_dim == 16 + 1  # tiny.yaml: out_dim 16, plus the item-bias column
+    # tiny.yaml: out_dim 16, plus the item-bias column and the category prior's 9 (8 categories and "missing")
+    assert m.embedding_dim == 16 + 1 + 9
     assert np.allclose(np.linalg.norm(vec[:, :16], axis=1), 1.0, atol=1e-4)
     # The slim model.pt reproduces the same item embeddings as the training checkpoint.
     a, b = load_trained(trained), load_trained(artifact / "model.pt")

@@ -55,7 +55,7 @@ def test_planted_structure_is_retrieved(tmp_path):
     planted_world(tmp_path / "events.parquet")
     args = ["--config", str(ROOT / "configs" / "tiny.yaml"), f"--data.events={tmp_path / 'events.parquet'}",
             "--data.items=null", "--data.users=null", "--data.item_features=[]", "--data.user_features=[]",
-            f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=6", "--trainer.limit_train_batches=null",
+            "--model.prior_feature=null", f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=6", "--trainer.limit_train_batches=null",
             "--data.batch_size=64"]
     main(["fit", *args])
     m = metrics(main(["test", *args, f"--ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"]))
@@ -153,7 +153,8 @@ def test_a_log_whose_conversions_all_fall_after_training_stops_in_one_line(tmp_p
     pq.write_table(t.filter(keep), tmp_path / "events.parquet")
     r = subprocess.run([sys.executable, "-m", "retrieval", "fit", "--config", str(ROOT / "configs" / "tiny.yaml"),
                         f"--data.events={tmp_path / 'events.parquet'}", "--data.items=null", "--data.users=null",
-                        "--data.item_features=[]", "--data.user_features=[]", f"--data.conversion_fraction={fraction}",
+                        "--data.item_features=[]", "--data.user_features=[]", "--model.prior_feature=null",
+                        f"--data.conversion_fraction={fraction}",
                         f"--trainer.default_root_dir={tmp_path}"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     line = [ln for ln in r.stderr.splitlines() if "ERROR" in ln]
@@ -190,6 +191,12 @@ def test_heads_and_shorthand_together_are_refused_in_one_line(tiny_world, tmp_pa
         main(["fit", *fit_args(tiny_world, tmp_path, "--config", str(ROOT / "configs" / "heads.yaml"),
                                "--model.aux_weight=0.5", "--trainer.limit_train_batches=1")])
     assert e.value.code == 2 and "heads replaces the shorthand" in caplog.text
+
+
+def test_a_prior_on_a_feature_the_data_lacks_is_refused_in_one_line(tiny_world, tmp_path, caplog):
+    with pytest.raises(SystemExit) as e:
+        main(["fit", *fit_args(tiny_world, tmp_path, "--data.item_features=[]", "--trainer.limit_train_batches=1")])
+    assert e.value.code == 2 and "model.prior_feature: 'category' is not a categorical" in caplog.text
 
 
 def test_a_fit_off_a_terminal_prints_a_line_per_epoch_with_the_validation_recall(tiny_world, tmp_path, capsys):
