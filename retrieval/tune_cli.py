@@ -13,6 +13,7 @@ from retrieval.contract import DataError
 from retrieval.tune import DEFAULT_SPACE, TuneError, refit, tune
 from retrieval.tune import __doc__ as TUNE_DOC
 from retrieval.tune_utility import tune_utility
+from retrieval.utility import PROBABILITY, SCALES
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,6 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", action="append", help="a fit config (repeatable, merged in order)")
     p.add_argument("--utility", metavar="CHECKPOINT", default=None,
                    help="tune the serving utility's weights of this trained model instead (no fits)")
+    p.add_argument("--utility-scale", choices=SCALES, default=PROBABILITY,
+                   help="with --utility: weigh calibrated probabilities (default) or the heads' raw scores, as "
+                        "the service's utility_scale")
     p.add_argument("--space", default=str(DEFAULT_SPACE), help="the search space YAML (default configs/tune.yaml)")
     p.add_argument("--trials", type=int, default=12, help="fits in all, trial 0 (the starting config) included")
     p.add_argument("--out", default=None, help="the run's folder (default work/tune/<first config's name>)")
@@ -33,9 +37,10 @@ def main(argv: list[str] | None = None) -> None:
         if a.trials < 1:
             raise TuneError(f"tune: --trials {a.trials}: at least 1 (the starting config)")
         if a.utility:
-            utility = tune_utility(a.utility, a.trials, out)
+            utility = tune_utility(a.utility, a.trials, out, scale=a.utility_scale)
             print((out / "trials.md").read_text())
-            print(f"chosen utility: {utility} (python -m index build ... --preset tuned={utility})")
+            print(f"chosen utility: {utility} on the {a.utility_scale} scale (python -m index build ... "
+                  f"--preset tuned={utility}; then utility=tuned&utility_scale={a.utility_scale})")
             return
         tune(a.config, a.space, a.trials, out)
         print((out / "trials.md").read_text())

@@ -89,14 +89,16 @@ def test_tuning_runs_real_trials_continues_after_a_kill_and_refits(tmp_path, tin
     assert (out / "refit" / "checkpoints" / "final.ckpt").exists()
 
 
-def test_utility_weights_are_tuned_without_fitting(trained, tmp_path):
-    """Each trial an evaluation of one trained model; trial 0 (conversion alone) scores as the model itself."""
+@pytest.mark.parametrize("scale", ["probability", "score"])
+def test_utility_weights_are_tuned_without_fitting(trained, tmp_path, scale):
+    """Each trial an evaluation of one trained model; trial 0 (conversion alone) scores as the model itself, on
+    either scale the service weighs."""
     from retrieval.checkpoint import load_trained
     from retrieval.evaluate import evaluate, two_tower_scorer, with_popularity_fallback
     from retrieval.tune_utility import tune_utility
 
     before = set(tmp_path.rglob("*.ckpt"))
-    utility = tune_utility(trained, 3, tmp_path / "u")
+    utility = tune_utility(trained, 3, tmp_path / "u", scale=scale)
     assert utility.startswith("conversion:1") and not set(tmp_path.rglob("*.ckpt")) - before  # nothing fitted
     t = load_trained(trained)
     corpus = t.corpus(split=True)
@@ -106,3 +108,4 @@ def test_utility_weights_are_tuned_without_fitting(trained, tmp_path):
     row0 = next(line for line in table.splitlines() if line.startswith("| 0 |"))
     assert row0.split(" | ")[1] == f"{own['conv_recall@100'][0]:.4f}"
     assert (tmp_path / "u" / "best_utility.txt").read_text().strip() == utility
+    assert f"utility {utility} on the {scale} scale" in table
