@@ -1,7 +1,7 @@
 """The exact path of a served answer in-process: faiss's own search against the service's (one matrix product,
 a max over the interests, one partial sort: index.faiss_index.search), on the same artifact and users.
 
-    python bench/flat_search.py --artifact work/demo/artifacts/VERSION [--users 1000] [--rounds 5]
+    python bench/flat_search.py --artifact work/demo/artifacts/VERSION [--artifact ANOTHER] [--users 1000] [--rounds 5]
 
 Times ``Served.candidates`` (k=100, known users: the whole default answer, merging and calibration included) and
 the search alone, with BLAS and OpenMP held to one thread as in the service. The two paths take turns, round
@@ -39,34 +39,46 @@ def per_call_ms(fn, args: list) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--artifact", type=Path, required=True)
+    p.add_argument("--artifact", type=Path, action="append", required=True,
+                   help="an artifact folder; repeat to compare artifacts in one run (rounds take turns over all)")
     p.add_argument("--users", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args()
     one_thread()
-    served = load_served(a.artifact)
-    ids = pq.read_table(a.artifact / "users.parquet", columns=["user_id"]).column("user_id").to_pylist()
-    users = [served.users.parse(str(u)) for u in ids[: a.users]]
-    rows = [served.users.row(u) for u in users]
-    queries = [(served.index, served.user_vecs["conversion"][r], 100 + 20) for r in rows]
     ours = store.search
     paths = {"faiss IndexFlatIP.search": faiss_search, "matrix product + max + partial sort (the service's)": ours}
-    answer, search = {n: [] for n in paths}, {n: [] for n in paths}
-    for _ in range(a.rounds):
+    cases = {}  # (artifact, path) -> (served, users, queries, fn)
+    for art in a.artifact:
+        served = load_served(art)
+        ids = pq.read_table(art / "users.parquet", columns=["user_id"]).column("user_id").to_pylist()
+        users = [served.users.parse(str(u)) for u in ids[: a.users]]
+        queries = [(served.index, served.user_vecs["conversion"][served.users.row(u)], 100 + 20) for u in users]
         for name, fn in paths.items():
+            cases[(art, name)] = (served, users, queries, fn)
+    answer, search = {c: [] for c in cases}, {c: [] for c in cases}
+    for _ in range(a.rounds):
+        for c, (served, users, queries, fn) in cases.items():
             store.search = fn  # what Served._answer calls
-            answer[name].append(per_call_ms(lambda u: served.candidates(u, 100, False), [(u,) for u in users]))
-            search[name].append(per_call_ms(fn, queries))
+            answer[c].append(per_call_ms(lambda u, s=served: s.candidates(u, 100, False), [(u,) for u in users]))
+            search[c].append(per_call_ms(fn, queries))
     store.search = ours
-    ref = next(iter(paths))
-    out = [[name, f"{np.median(answer[n]):.3f}", f"{np.median(search[n]):.3f}",
-            f"{np.median(answer[ref]) / np.median(answer[n]):.2f}"] for name, n in zip(paths, paths, strict=True)]
-    m = served.manifest
+    first = {art: np.median(answer[(art, next(iter(paths)))]) for art in a.artifact}  # each artifact's faiss row
+    base = np.median(answer[(a.artifact[0], list(paths)[1])])  # the first artifact's service path
+    out = [[art.name, name, f"{np.median(answer[(art, name)]):.3f}", f"{np.median(search[(art, name)]):.3f}",
+            f"{first[art] / np.median(answer[(art, name)]):.2f}", f"{np.median(answer[(art, name)]) / base:.2f}"]
+           for art, name in cases]
+    described = "; ".join(
+        f"{art.name}: {cases[(art, next(iter(paths)))][0].manifest.n_items:,} items, "
+        f"`{cases[(art, next(iter(paths)))][0].manifest.factory}`, "
+        f"{cases[(art, next(iter(paths)))][0].manifest.interests} interest vector(s) per user, "
+        f"dim {cases[(art, next(iter(paths)))][0].manifest.embedding_dim}" for art in a.artifact)
     publish("flat_search", "The exact search of one answer, in-process", [
-        f"Artifact {a.artifact.name}: {m.n_items:,} items, `{m.factory}`, {m.interests} interest vector(s) per user, "
-        f"dim {m.embedding_dim}. {len(users):,} known users, k=100 (each interest searched for 100 + 20 results "
-        f"in the search-only column), {a.rounds} rounds, paths taking turns; BLAS and OpenMP on one thread.", "",
-        table(["search", "ms per answer (Served.candidates)", "ms per search alone", "answer speed-up"], out), ""])
+        f"Artifact(s) {described}. {a.users:,} known users each, k=100 (each interest searched for 100 + 20 results "
+        f"in the search-only column), {a.rounds} rounds, every artifact and path taking turns; BLAS and OpenMP on "
+        f"one thread. 'Speed-up' is against the same artifact's faiss row; 'time against the first' is the answer's "
+        f"time against the first artifact's service path.", "",
+        table(["artifact", "search", "ms per answer (Served.candidates)", "ms per search alone", "answer speed-up",
+               "time against the first"], out), ""])
 
 
 if __name__ == "__main__":
