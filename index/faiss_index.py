@@ -108,7 +108,24 @@ def stored_vectors(index: faiss.Index) -> np.ndarray | None:
     return faiss.rev_swig_ptr(flat.get_xb(), n * flat.d).reshape(n, flat.d)
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def onehot_tail(xb: np.ndarray | None) -> tuple[int, np.ndarray] | None:
+    """(d, codes) where the last columns of vectors xb [N, D], xb[:, d:], hold exactly one 1 per row and 0
+    elsewhere (the category prior's block, retrieval/prior.py), codes [N] each row's 1 in it; None where no such
+    block of two columns or more closes the vectors. Then q . x = q[:d] . x[:d] + q[d + code] exactly."""
+    if xb is None or len(xb) == 0:
+        return None
+    d = xb.shape[1]
+    while d > 0 and np.all((xb[:, d - 1] == 0) | (xb[:, d - 1] == 1)):
+        d -= 1
+    while xb.shape[1] - d >= 2:  # 0/1 columns; drop any at the front until every row holds one 1
+        if np.all(xb[:, d:].sum(1) == 1):
+            return d, xb[:, d:].argmax(1)
+        d += 1
+    return None
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int,
+           tail: tuple[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The top ``k`` of one user's K interest queries [K, D]: (scores, rows) best first, either [K, k] (one list
     per query, as ``index.search`` returns) or [1, k] (each item once, scored by its best query: the lists
     already merged). ``served_answer`` and the utility's threshold take either. Rows -1 and scores -FLT_MAX past
@@ -117,12 +134,18 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     An exact CPU index (IndexFlatIP) is scored as one matrix product over its stored vectors, a max over the
     queries and one partial sort: for fewer queries than ``distance_compute_blas_threshold`` faiss scores item
     by item into a heap per query instead, several times slower at a served catalogue's size. Ties at equal
-    score go to the lower row. Other indexes (HNSW, IVF, GPU) search as faiss does."""
+    score go to the lower row. tail: the index's :func:`onehot_tail`, whose block is scored as a gather of the
+    queries' columns instead of a product over it. Other indexes (HNSW, IVF, GPU) search as faiss does."""
     if type(index) is not faiss.IndexFlatIP or len(queries) == 0:
         return index.search(queries, k)
     n = index.ntotal
     xb = stored_vectors(index)  # [N, D] a view, no copy
-    best = (queries @ xb.T).max(axis=0)  # [K, N] -> [N] each item's best query (max over contiguous rows)
+    if tail is not None and len(tail[1]) == n:
+        d, codes = tail
+        scores = queries[:, :d] @ xb[:, :d].T + queries[:, d:][:, codes]  # [K, N]
+    else:
+        scores = queries @ xb.T  # [K, N]
+    best = scores.max(axis=0)  # [N] each item's best query (max over contiguous rows)
     m = min(k, n)
     part = np.sort(np.argpartition(-best, m - 1)[:m]) if m < n else np.arange(n)  # rows ascending: ties by row
     rows = part[np.argsort(-best[part], kind="stable")]

@@ -162,6 +162,7 @@ def load_served(folder: str | Path, gpu: bool = False) -> Served:
     # decoded tables go first (combine_chunks copied their columns), then the pool gives the memory back.
     del users_t, items_t, pop, purchased, history, history_score, tail
     pa.default_memory_pool().release_unused()
+    served.onehot  # noqa: B018 (found once at load, not by the first request: a scan of the exact indexes' vectors)
     log.info("serve: loaded %s (%s): %d items, %d users, recall check %s", folder, m.model_version, m.n_items,
              m.n_users, m.recall_check)
     return served

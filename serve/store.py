@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 
 from index.artifact import Manifest
-from index.faiss_index import search, stored_vectors, to_gpu
+from index.faiss_index import onehot_tail, search, stored_vectors, to_gpu
 from retrieval.answer import isin_few, search_width, served_answer
 from retrieval.calibration import Platt
 from retrieval.checkpoint import Trained
@@ -116,6 +116,14 @@ class Served:
     added: int = 0  # items added since load (no retraining; not persisted)
     added_digest: str = ""  # a hash chained over every add, so two catalogues never share a version string
 
+    @functools.cached_property
+    def onehot(self) -> dict[str, tuple[int, np.ndarray] | None]:
+        """Per head, the one-hot block closing its exact index's vectors (the category prior's) as (its first
+        column, each row's code), searched as a gather (index.faiss_index.search); None without one. Cached like
+        :attr:`vectors`: the indexes are never added to."""
+        return {h: onehot_tail(stored_vectors(ix)) if type(ix) is faiss.IndexFlatIP else None
+                for h, ix in self.indexes.items()}
+
     @property
     def index(self) -> faiss.Index:
         """The served (conversion) head's index: what the default answer searches."""
@@ -181,7 +189,7 @@ class Served:
 
     def _search(self, state: UserState) -> Callable[[str, int], tuple[np.ndarray, np.ndarray]]:
         def head_search(head: str, m: int) -> tuple[np.ndarray, np.ndarray]:
-            scores, rows = search(self.searcher(head), state.vecs[head], m)  # [K, m]
+            scores, rows = search(self.searcher(head), state.vecs[head], m, self.onehot[head])  # [K, m]
             return rows, scores
         return head_search
 
@@ -210,7 +218,7 @@ class Served:
         certified = True
         if utility is None:
             want = search_width(k, len(state.hist_rows), 0 if exclude is None else len(exclude), self.index.ntotal)
-            scores, rows = search(self.searcher(SERVED), state.vecs[SERVED], want)  # [K, want]
+            scores, rows = search(self.searcher(SERVED), state.vecs[SERVED], want, self.onehot[SERVED])  # [K, want]
             rows, scores = served_answer(rows, scores, state.hist_rows, state.hist_scores[SERVED], k, exclude)
             per_head = {**self._exact(state)(rows), SERVED: scores} if with_scores else {SERVED: scores}
         elif utility.scale == SCORE and self.joint is not None:

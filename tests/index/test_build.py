@@ -11,7 +11,7 @@ import torch
 
 from index.artifact import ArtifactError, read_manifest
 from index.build import build
-from index.faiss_index import FactoryError, exact_topk
+from index.faiss_index import FactoryError, exact_topk, onehot_tail
 from retrieval.checkpoint import CheckpointError, load_trained
 
 
@@ -27,6 +27,8 @@ def test_artifact_contents_match_the_model(artifact, trained):
     assert vec.shape == (m.n_items, m.embedding_dim)
     # tiny.yaml: out_dim 16, plus the item-bias column and the category prior's 9 (8 categories and "missing")
     assert m.embedding_dim == 16 + 1 + 9
+    tail = onehot_tail(vec)  # the prior's block closes every item vector: the service searches it as a gather
+    assert tail is not None and tail[0] == 16 + 1 and tail[1].min() >= 1  # every tiny item has a known category
     assert np.allclose(np.linalg.norm(vec[:, :16], axis=1), 1.0, atol=1e-4)
     # The slim model.pt reproduces the same item embeddings as the training checkpoint.
     a, b = load_trained(trained), load_trained(artifact / "model.pt")

@@ -13,6 +13,7 @@ from index.faiss_index import (
     exact_topk,
     gpu_count,
     measure_recall,
+    onehot_tail,
     search,
     stored_vectors,
 )
@@ -128,3 +129,26 @@ def test_stored_vectors_are_the_index_vectors_without_a_copy(factory):
 @pytest.mark.parametrize("factory", ["IVF8,Flat", "PQ4"])
 def test_stored_vectors_of_other_indexes_is_none(factory):
     assert stored_vectors(build_index(vectors(500), factory)) is None
+
+
+def test_a_one_hot_block_closing_the_vectors_is_found_and_searched_as_a_gather():
+    """The category prior's block (one 1 per row) is found whole, and search through it as a gather ranks as the
+    full product does; vectors without such a block, or with a row of two 1s in it, have none."""
+    rng = np.random.default_rng(0)
+    n, d, c = 500, 9, 6
+    codes = rng.integers(0, c, n)
+    xb = np.hstack([rng.normal(size=(n, d)), np.eye(c)[codes]]).astype(np.float32)
+    tail = onehot_tail(xb)
+    assert tail is not None and tail[0] == d and np.array_equal(tail[1], codes)
+    index = faiss.IndexFlatIP(d + c)
+    index.add(xb)
+    for k_queries in (1, 3):
+        q = rng.normal(size=(k_queries, d + c)).astype(np.float32)
+        got_s, got_r = search(index, q, 20, tail)
+        want_s, want_r = search(index, q, 20)
+        assert np.array_equal(got_r, want_r) and np.allclose(got_s, want_s, atol=1e-5)
+    assert onehot_tail(xb[:, :d]) is None  # dense columns only
+    two = xb.copy()
+    two[0, d:] = 1  # a row with several 1s: no one-hot block
+    assert onehot_tail(two) is None
+    assert onehot_tail(np.zeros((0, 4), np.float32)) is None
