@@ -4,7 +4,7 @@ a max over the interests, one partial sort: index.faiss_index.search), on the sa
     python bench/flat_search.py --artifact work/demo/artifacts/VERSION [--artifact ANOTHER] [--users 1000] [--rounds 5]
 
 Times ``Served.candidates`` (k=100, known users: the whole default answer, merging and calibration included) and
-the search alone, with BLAS and OpenMP held to one thread as in the service. The two paths take turns, round
+the search alone (the service's with the category prior's one-hot block scored as a gather, where it has one), with BLAS and OpenMP held to one thread as in the service. The two paths take turns, round
 after round, so a disturbance of this shared machine moves both; the table shows each round's median.
 """
 
@@ -26,8 +26,8 @@ from serve.app import one_thread  # noqa: E402
 from serve.load import load_served  # noqa: E402
 
 
-def faiss_search(index, queries, k):
-    return index.search(queries, k)
+def faiss_search(index, queries, k, tail=None):
+    return index.search(queries, k)  # faiss's own: the full product, one-hot block or not
 
 
 def per_call_ms(fn, args: list) -> float:
@@ -52,7 +52,8 @@ def main() -> None:
         served = load_served(art)
         ids = pq.read_table(art / "users.parquet", columns=["user_id"]).column("user_id").to_pylist()
         users = [served.users.parse(str(u)) for u in ids[: a.users]]
-        queries = [(served.index, served.user_vecs["conversion"][served.users.row(u)], 100 + 20) for u in users]
+        queries = [(served.index, served.user_vecs["conversion"][served.users.row(u)], 100 + 20, served.onehot["conversion"])
+                   for u in users]
         for name, fn in paths.items():
             cases[(art, name)] = (served, users, queries, fn)
     answer, search = {c: [] for c in cases}, {c: [] for c in cases}

@@ -142,7 +142,7 @@ def search(index: faiss.Index, queries: np.ndarray, k: int,
     xb = stored_vectors(index)  # [N, D] a view, no copy
     if tail is not None and len(tail[1]) == n:
         d, codes = tail
-        scores = queries[:, :d] @ xb[:, :d].T + queries[:, d:][:, codes]  # [K, N]
+        scores = queries[:, :d] @ xb[:, :d].T + np.take(queries[:, d:], codes, axis=1)  # [K, N]; take, not [:, codes]: faster
     else:
         scores = queries @ xb.T  # [K, N]
     best = scores.max(axis=0)  # [N] each item's best query (max over contiguous rows)
