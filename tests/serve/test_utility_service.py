@@ -224,7 +224,8 @@ def one_vector(one_vector_artifact, tmp_path_factory):
 def counting_searches(monkeypatch) -> list:
     """Record the dimension of every index the service searches."""
     calls, search = [], serve.store.search
-    monkeypatch.setattr(serve.store, "search", lambda index, q, k: calls.append(index.d) or search(index, q, k))
+    monkeypatch.setattr(serve.store, "search",
+                        lambda index, q, k, tail=None: calls.append(index.d) or search(index, q, k, tail))
     return calls
 
 
