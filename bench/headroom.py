@@ -38,7 +38,7 @@ from retrieval import evaluate as E  # noqa: E402
 from retrieval.checkpoint import load_trained  # noqa: E402
 from retrieval.corpus import Corpus, EvalSet  # noqa: E402
 from retrieval.metrics import recall  # noqa: E402
-from retrieval.scorers import Scorer, feature_popularity_scorer  # noqa: E402
+from retrieval.scorers import Scorer, feature_popularity_scorer, feature_share  # noqa: E402
 from retrieval.synth import DAY, World, WorldConfig  # noqa: E402
 from retrieval.synth_oracle import expected_purchases  # noqa: E402
 
@@ -90,13 +90,11 @@ def with_category_prior(scorer: Scorer, corpus: Corpus, beta: float, feature: st
     ``feature`` value, smoothed by 0.01 per value): the diagnostic of whether the model uses the user's mix."""
     code = np.asarray(corpus.item_inputs[feature], np.int64)  # [N]
     n_codes = int(code.max()) + 1
-    row, w = corpus.event_row, corpus.weight
 
     def score(i: np.ndarray, es: EvalSet) -> np.ndarray:
         out = np.array(scorer(i, es), np.float32)
         for j, u in enumerate(i):
-            lo, hi = corpus.user_start[es.users[u]], es.end[u]
-            share = np.bincount(code[row[lo:hi]], weights=w[lo:hi], minlength=n_codes) + 0.01
+            share = feature_share(corpus, code, n_codes, es.users[u], es.end[u], 0.01)
             out[j] += beta * np.log(share / share.sum())[code]
         return out
 

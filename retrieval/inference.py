@@ -91,8 +91,10 @@ class TwoTower(nn.Module):
         v = torch.cat([u, torch.ones_like(u[..., :1])], -1) if self.item_bias else u
         if self.prior_raw is None:
             return v
-        p = self.temperature * self.prior_scale(head) * self.user_log_share(x)  # [B, C]
-        return torch.cat([v, p.to(v.dtype)[:, None].expand(-1, v.shape[1], -1) if v.dim() == 3 else p.to(v.dtype)], -1)
+        p = (self.temperature * self.prior_scale(head) * self.user_log_share(x)).to(v.dtype)  # [B, C]
+        if v.dim() == 3:  # the same prior on each of the K interest vectors
+            p = p[:, None].expand(-1, v.shape[1], -1)
+        return torch.cat([v, p], -1)
 
     def user_log_share(self, x: dict[str, Tensor]) -> Tensor:
         """[B, C] the prior's log share of each value of the feature in the users' history bags."""

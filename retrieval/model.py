@@ -155,9 +155,7 @@ class TwoTowerModel(L.LightningModule):
         bias = column_bias(torch.arange(B, device=w.device), users, cand, neg, u[SERVED].dtype)  # [B, B + N]
         prior = None
         if net.prior_raw is not None:  # [B, B + N] each row's log share at each column's value, before beta
-            f = net.prior_feature
-            prior = net.prior_logits(batch["user"], torch.cat([batch["pos"][f], batch["neg"][f]]) if N
-                                     else batch["pos"][f]).to(bias.dtype)
+            prior = net.prior_logits(batch["user"], pos_neg[net.prior_feature]).to(bias.dtype)
         affinity = None
         if net.repeat_raw is not None:
             affinity = history_entries(batch["user"]["hist_rows"], batch["user"]["hist_weights"],

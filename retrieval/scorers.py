@@ -22,6 +22,13 @@ def popularity_scorer(corpus: Corpus, now: int, kind: int = CONVERSION) -> Score
     return score
 
 
+def feature_share(corpus: Corpus, code: np.ndarray, n_codes: int, user: int, end: int, smooth: float) -> np.ndarray:
+    """[n_codes] a user's (code) summed event weight before history position ``end`` on each value of an item
+    feature (code [N], its value per catalogue row), plus ``smooth`` per value."""
+    lo = corpus.user_start[user]
+    return np.bincount(code[corpus.event_row[lo:end]], weights=corpus.weight[lo:end], minlength=n_codes) + smooth
+
+
 def feature_popularity_scorer(corpus: Corpus, now: int, feature: str = "category", conv_mix: float = 0.5,
                               smooth: float = 0.01) -> Scorer:
     """A baseline that knows only a categorical item feature, popularity and the user's own items: an item's score
@@ -43,7 +50,7 @@ def feature_popularity_scorer(corpus: Corpus, now: int, feature: str = "category
         out = np.empty((len(i), corpus.n_items), np.float32)
         for j, u in enumerate(i):
             lo, hi = corpus.user_start[es.users[u]], es.end[u]  # the user's events before the window
-            share = np.bincount(code[row[lo:hi]], weights=w[lo:hi], minlength=n_codes) + smooth
+            share = feature_share(corpus, code, n_codes, es.users[u], hi, smooth)
             out[j] = share[code] / share.sum() * pop + np.bincount(row[lo:hi], weights=w[lo:hi],
                                                                     minlength=corpus.n_items)
         return out

@@ -61,7 +61,7 @@ class WorldConfig:
     t0: int = 1_700_000_000  # epoch seconds of the first day
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
@@ -185,10 +185,10 @@ class World:
                                                                 style_aff[np.arange(V), choice])
         # Dwell partly reveals fit and quality; clicks barely do; purchases depend on them.
         d_view = rng.lognormal(2.3 + 0.45 * fit_aff + 0.25 * q, 0.9)
-        click = rng.random(V) < _sigmoid(click_l)
+        click = rng.random(V) < sigmoid(click_l)
         d_click = rng.lognormal(3.0 + 0.4 * fit_aff, 0.8)
-        cart = click & (rng.random(V) < _sigmoid(cart_l))
-        buy = cart & (rng.random(V) < _sigmoid(buy_l))
+        cart = click & (rng.random(V) < sigmoid(cart_l))
+        buy = cart & (rng.random(V) < sigmoid(buy_l))
         d_cart = rng.lognormal(1.5, 0.5, size=V)
         # Time: views follow each other within the session; actions on a view follow the view.
         dur = d_view + click * d_click + cart * d_cart + rng.exponential(8.0, size=V)

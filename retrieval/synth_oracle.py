@@ -16,11 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retrieval.synth import World
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+from retrieval.synth import World, sigmoid
 
 
 def user_traits(world: World, users: np.ndarray) -> dict[str, np.ndarray]:
@@ -72,7 +68,7 @@ def expected_purchases(world: World, users: np.ndarray, lo: int, hi: int, views:
         if not views_only:
             _, _, click, cart, buy = world.funnel_logits(traits["fit"][v_user][:, None, :],
                                                          traits["price_sens"][v_user][:, None], cand, style_aff)
-            p = p * _sigmoid(click) * _sigmoid(cart) * _sigmoid(buy)
+            p = p * sigmoid(click) * sigmoid(cart) * sigmoid(buy)
         flat = (v_user[:, None] - a) * n + cand  # [V, K] into the chunk's [b - a, n]
         out[a:b] = np.bincount(flat.ravel(), weights=p.ravel(), minlength=(b - a) * n).reshape(b - a, n)
     return out / views

@@ -331,10 +331,12 @@ class Served:
         all_rows = np.arange(n + len(new_ids))
         lookups = {name: np.concatenate([v, x[name.removeprefix("hist_") if name != "hist_items" else "id"]])
                    for name, v in self.live.lookups.items()}  # a live history naming a new item reads these
-        return replace(self, indexes=indexes, gpu=gpu, joint=joint,
-                       gpu_joint=None if self.gpu_joint is None or joint is None else to_gpu(joint)[0],
-                       item_ids=np.concatenate([self.item_ids, new_ids]),
-                       items=self.items.with_ids(new_ids.tolist(), n), live=LiveState(self.live.config, lookups),
-                       popular_rows=np.concatenate([self.popular_rows, all_rows[n:]]),
-                       popular_scores=np.concatenate([self.popular_scores, np.zeros(len(new_ids), np.float32)]),
-                       added=self.added + len(new_ids), added_digest=digest), ignored
+        served = replace(self, indexes=indexes, gpu=gpu, joint=joint,
+                     gpu_joint=None if self.gpu_joint is None or joint is None else to_gpu(joint)[0],
+                     item_ids=np.concatenate([self.item_ids, new_ids]),
+                     items=self.items.with_ids(new_ids.tolist(), n), live=LiveState(self.live.config, lookups),
+                     popular_rows=np.concatenate([self.popular_rows, all_rows[n:]]),
+                     popular_scores=np.concatenate([self.popular_scores, np.zeros(len(new_ids), np.float32)]),
+                     added=self.added + len(new_ids), added_digest=digest)
+        served.onehot  # noqa: B018 (found here, as at load, not by the first request after the add)
+        return served, ignored
