@@ -1,9 +1,11 @@
 """Bayesian optimisation of a config (``python -m retrieval tune``), timed: the demo config on the synthetic world
 by default, or a real log's config (its adapter run first).
 
-    python bench/bayes_tune.py [--config configs/demo.yaml] [--trials 12] [--max-epochs N] [--out work/tune/bench]
+    python bench/bayes_tune.py [--config configs/demo.yaml] [--space S.yaml] [--trials 12] [--max-epochs N]
+                               [--out work/tune/bench]
 
-Runs ``python -m retrieval tune --config CONFIG`` (the default search space, configs/tune.yaml) with
+Runs ``python -m retrieval tune --config CONFIG --space S`` (the demo config's own space, configs/tune_demo.yaml:
+the default space and the prior's weight; configs/tune.yaml for any other config) with
 ``--trials`` fits, each ended by the config's early stopping (``--max-epochs`` caps them further, for a shorter
 run), and writes the "bayes_tune" section of docs/benchmarks.md ("bayes_tune_<config name>" for another config): every trial's validation objective, constraint,
 best epoch and parameters, the chosen one, and the wall time. Validation window only: the test window is not
@@ -34,8 +36,11 @@ def main() -> None:
     p.add_argument("--out", default="work/tune/bench")
     p.add_argument("--config", default="configs/demo.yaml", help="the config to tune (its data must be there; the "
                    "demo's synthetic world is generated when missing)")
+    p.add_argument("--space", default=None, help="search space (default: configs/tune_demo.yaml for the demo "
+                   "config, configs/tune.yaml otherwise)")
     a = p.parse_args()
     demo = Path(a.config).name == "demo.yaml"
+    space = a.space or ("configs/tune_demo.yaml" if demo else "configs/tune.yaml")
     events = ROOT / yaml.safe_load((ROOT / a.config).read_text())["data"]["events"]
     if demo and not events.exists():
         subprocess.run([sys.executable, "-m", "retrieval.synth", "--out", "work/demo/data"], cwd=ROOT, check=True)
@@ -48,6 +53,7 @@ def main() -> None:
         configs.append(str(cap))
     t0 = time.time()
     subprocess.run([sys.executable, "-m", "retrieval", "tune", *(x for c in configs for x in ("--config", c)),
+                    "--space", space,
                     "--trials", str(a.trials), "--out", a.out], cwd=ROOT, check=True)
     minutes = (time.time() - t0) / 60
     trials = (ROOT / a.out / "trials.md").read_text()
@@ -57,8 +63,7 @@ def main() -> None:
     publish("bayes_tune" if demo else f"bayes_tune_{name}",
             "Bayesian optimisation of the demo config (synth, validation window)" if demo else
             f"Bayesian optimisation of configs/{name}.yaml (validation window)", [
-        f"`python -m retrieval tune --config {a.config}` with the default search space "
-        f"(`configs/tune.yaml`): {a.trials} fits, trial 0 the config as shipped, then Sobol and GP (BoTorch) "
+        f"`python -m retrieval tune --config {a.config} --space {space}`: {a.trials} fits, trial 0 the config as shipped, then Sobol and GP (BoTorch) "
         f"trials; each fit ended by the config's early stopping"
         + (f", capped at {a.max_epochs} epochs" if a.max_epochs else "")
         + f". Objective and constraint on the validation window, scored as the service answers. Wall time "

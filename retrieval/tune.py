@@ -103,13 +103,35 @@ def check_name(name: str) -> None:
         cls = t
 
 
+def _space_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A search space YAML as a mapping, with ``extends: OTHER.yaml`` (relative to it) resolved: the other file's
+    keys, then this file's, its parameters appended (one of the same name replaced). So a config's own space adds
+    a parameter, e.g. the demo's prior weight, without restating the default space."""
+    if path.resolve() in seen:
+        raise TuneError(f"tune: search space {path}: 'extends' comes back to itself ({' -> '.join(map(str, seen))})")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise TuneError(f"tune: search space {path}: cannot be read ({e})") from None
+    if not isinstance(raw, dict) or "extends" not in raw:
+        return raw
+    if not isinstance(raw["extends"], str):
+        raise TuneError(f"tune: search space {path}: 'extends' must name one YAML file, got {raw['extends']!r}")
+    base = _space_yaml(path.parent / raw["extends"], (*seen, path.resolve()))
+    if not isinstance(base, dict):
+        raise TuneError(f"tune: search space {path}: the space it extends, {raw['extends']}, is not a mapping")
+    own = raw.get("parameters") or []
+    if not isinstance(own, list):
+        raise TuneError(f"tune: search space {path}: 'parameters' must be a list")
+    names = {p.get("name") for p in own if isinstance(p, dict)}
+    kept = [p for p in base.get("parameters") or [] if not (isinstance(p, dict) and p.get("name") in names)]
+    return {**base, **{k: v for k, v in raw.items() if k != "extends"}, "parameters": kept + own}
+
+
 def read_space(path: str | Path) -> Space:
     """The search space YAML, checked whole: every parameter a config path, every range non-empty (and positive
     on a log scale), the objective and constraint metrics ones evaluation reports."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise TuneError(f"tune: search space {path}: cannot be read ({e})") from None
+    raw = _space_yaml(Path(path))
     if not isinstance(raw, dict) or not isinstance(raw.get("parameters"), list) or not raw["parameters"]:
         raise TuneError(f"tune: search space {path}: expected a mapping with a non-empty 'parameters' list")
     params = []

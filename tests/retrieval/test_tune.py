@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TINY
+from helpers import ROOT, TINY
 
 from retrieval.tune import TuneError, read_space, starting_values, tune
 from retrieval.tune_cli import main
@@ -62,6 +62,31 @@ def test_starting_values_come_from_the_configs_and_must_lie_in_range(tmp_path, t
     narrow = read_space(write_space(tmp_path, lambda s: s["parameters"][0].update(bounds=[0.6, 1.0])))
     with pytest.raises(TuneError, match="the configs' value 0.5 is outside its bounds"):
         starting_values(configs(tiny_world, tmp_path), narrow)
+
+
+def test_a_space_extends_another_adding_and_replacing_parameters(tmp_path):
+    (tmp_path / "base.yaml").write_text(SPACE.read_text())
+    (tmp_path / "more.yaml").write_text(yaml.safe_dump({"extends": "base.yaml", "seed": 7, "parameters": [
+        {"name": "model.prior_weight", "bounds": [0.1, 2.0], "log": True},
+        {"name": "model.temperature", "bounds": [0.01, 0.1]}]}))
+    base, more = read_space(tmp_path / "base.yaml"), read_space(tmp_path / "more.yaml")
+    assert [p.name for p in more.params] == [*(p.name for p in base.params if p.name != "model.temperature"),
+                                              "model.prior_weight", "model.temperature"]
+    assert more.params[-1].low == 0.01 and not more.params[-1].log  # the extending file's range wins
+    assert (more.seed, more.objective, more.constraint) == (7, base.objective, base.constraint)
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\nparameters: []\n")
+    with pytest.raises(TuneError, match="comes back to itself"):
+        read_space(tmp_path / "loop.yaml")
+    (tmp_path / "lost.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(TuneError, match="nowhere.yaml: cannot be read"):
+        read_space(tmp_path / "lost.yaml")
+
+
+def test_the_demo_space_is_the_default_and_the_prior_weight_around_the_demo_config():
+    default, demo = read_space(ROOT / "configs" / "tune.yaml"), read_space(ROOT / "configs" / "tune_demo.yaml")
+    assert demo.params == [*default.params, demo.params[-1]] and demo.params[-1].name == "model.prior_weight"
+    start = starting_values([str(ROOT / "configs" / "demo.yaml")], demo)
+    assert start["model.prior_weight"] == 0.6 and len(start) == len(demo.params)
 
 
 def test_tuning_runs_real_trials_continues_after_a_kill_and_refits(tmp_path, tiny_world):
