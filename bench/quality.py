@@ -1,12 +1,14 @@
 """Quality report: which method retrieves future conversions best, and by how much, per dataset.
 
-    python bench/quality.py [--datasets synth,trivago,diginetica,synth10x] [--epochs N]
+    python bench/quality.py [--datasets synth,trivago,diginetica,synth10x] [--epochs N] [--tuned BEST.yaml]
 
 For each dataset, in one run on the same temporal split: the two-tower model (full, and each ablation)
 trained with the dataset's config (epochs chosen on the validation window, then refit on everything before the
 test window with configs/refit.yaml, as a deployment would be), and the baselines (conversion and engagement popularity; implicit's
 ALS on conversions and on dual-weighted interactions; where the items have a category feature, the user's share
-of events per category times popularity, plus their own items: retrieval.scorers.feature_popularity_scorer). Every method is scored on the test window by the
+of events per category times popularity, plus their own items: retrieval.scorers.feature_popularity_scorer). With ``--tuned``, also the setting a tuning run chose
+(the ``best.yaml`` of ``python -m retrieval tune``: its model and data overrides; its epochs are chosen again on
+validation, as every variant's are), paired against dual ALS too. Every method is scored on the test window by the
 same code (retrieval/evaluate.py), with 95% bootstrap intervals over users. Writes the "quality" section of
 docs/benchmarks.md and PNG plots under docs/img/.
 """
@@ -48,6 +50,7 @@ VARIANTS = {  # name -> ablation config (None = the dataset's config as is: the 
     "full, in-batch negatives only": "in_batch_only",
     "full, one interest": "one_interest",
 }
+TUNED = "two-tower tuned"
 SHOW = ["conv_recall@10", "conv_recall@50", "conv_recall@100", "conv_recall@500", "conv_ndcg@100", "eng_recall@100",
         "full_minus_this@100", "full_minus_this@100_with_history"]
 SLICES = ["cold_item_conv_recall@100", "head_conv_recall@100", "torso_conv_recall@100", "tail_conv_recall@100",
@@ -96,6 +99,23 @@ def prepare(name: str) -> tuple[Path, dict[str, str]]:
     return d, {"config": "configs/diginetica.yaml", "items": str(d / "items.parquet")}
 
 
+def ablation_path(ablation: str) -> Path:
+    """An ablation's config: a name under configs/ablations, or a YAML's own path (the tuned variant's)."""
+    return Path(ablation) if ablation.endswith(".yaml") else ROOT / "configs" / "ablations" / f"{ablation}.yaml"
+
+
+def tuned_overrides(best: Path) -> Path:
+    """The model and data sections of a tuning run's best.yaml, written beside the quality runs: its trainer
+    section (the epochs the tuning fit stopped at) is left out, since every variant chooses its epochs here."""
+    import yaml
+
+    raw = yaml.safe_load(best.read_text())
+    out = WORK / "tuned_overrides.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# from {best}\n" + yaml.safe_dump({k: raw[k] for k in ("model", "data") if k in raw}))
+    return out
+
+
 def fit(root: Path, configs: list[str], data: Path, over: dict[str, str], extra: list[str]) -> Path:
     """Run ``python -m retrieval fit`` into ``root``; returns the folder of its checkpoints."""
     args = ["fit", "--config", str(ROOT / over["config"])]
@@ -122,12 +142,14 @@ def train(name: str, variant: str, ablation: str | None, data: Path, over: dict[
     Returns the final checkpoint, the validation curve and the training seconds; ``reuse``: take both fits from an
     earlier run of this command when they are there (to re-score without retraining)."""
     root = WORK / name / "runs" / variant.replace(" ", "_").replace(",", "")
-    done = root / "seconds.txt"
-    if reuse and done.exists():
+    done, used = root / "seconds.txt", root / "overrides.yaml"
+    spec = ablation_path(ablation).read_text() if ablation else ""
+    # reused only when fitted from the same overrides: a tuned variant of another choice is trained again
+    if reuse and done.exists() and (not used.exists() or used.read_text() == spec):
         chosen, final = latest_checkpoints(root / "select"), latest_checkpoints(root / "refit")
         return final / "last.ckpt", val_curve(chosen), float(done.read_text())
     t = time.perf_counter()
-    configs = [f"ablations/{ablation}.yaml"] if ablation else []
+    configs = [str(ablation_path(ablation))] if ablation else []
     chosen = fit(root / "select", configs, data, over, [f"--trainer.max_epochs={epochs}"] if epochs else [])
     curve = val_curve(chosen)
     best_epochs = int(np.argmax(curve)) + 1
@@ -135,6 +157,7 @@ def train(name: str, variant: str, ablation: str | None, data: Path, over: dict[
                 [f"--trainer.max_epochs={best_epochs}", f"--data.split.val_start={test_start}"])
     seconds = time.perf_counter() - t
     done.write_text(f"{seconds:.1f}")
+    used.write_text(spec)
     return final / "last.ckpt", curve, seconds
 
 
@@ -147,7 +170,7 @@ def changes_nothing(over: dict[str, str], ablation: str | None) -> bool:
 
     if ablation is None:
         return False
-    abl = yaml.safe_load((ROOT / "configs" / "ablations" / f"{ablation}.yaml").read_text())
+    abl = yaml.safe_load(ablation_path(ablation).read_text())
     model = yaml.safe_load((ROOT / over["config"]).read_text()).get("model", {})
     defaults = {k: p.default for k, p in inspect.signature(TwoTowerModel).parameters.items()}
     return set(abl) == {"model"} and all(model.get(k, defaults.get(k)) == v for k, v in abl["model"].items())
@@ -168,7 +191,8 @@ def test_start_of(data: Path, over: dict[str, str]) -> int:
     return temporal_split(ts, **cfg).test_start
 
 
-def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool = False) -> tuple[list[str], dict]:
+def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool = False,
+                tuned: Path | None = None) -> tuple[list[str], dict]:
     """Train, score and plot one dataset: (the report section's paragraphs, {method: metrics})."""
     data, over = prepare(name)
     results, curves, seconds, per_user = {}, {}, {}, {}
@@ -180,8 +204,9 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
         per_user[method] = E.recall(pu.conv_ranks, 100)
 
     test_start = test_start_of(data, over)
-    for variant, ablation in VARIANTS.items():
-        if variant not in variants or changes_nothing(over, ablation):
+    runs = {**VARIANTS, **({TUNED: str(tuned_overrides(tuned))} if tuned else {})}
+    for variant, ablation in runs.items():
+        if variant not in [*variants, *([TUNED] if tuned else [])] or changes_nothing(over, ablation):
             continue
         ckpt, curves[variant], seconds[variant] = train(name, variant, ablation, data, over, epochs, test_start, reuse)
         trained = load_trained(ckpt)
@@ -213,6 +238,11 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
         r["full_minus_this@100"] = E.paired_difference(full, per_user[m]) if full is not None else none
         r["full_minus_this@100_with_history"] = (E.paired_difference(full[known], per_user[m][known])
                                                  if full is not None else none)
+    tuned_note = ""
+    if tuned:  # the goal of a tuning run: its choice against dual ALS, paired per user on the test window
+        d = E.paired_difference(per_user[TUNED], per_user["ALS (dual-weighted)"])
+        tuned_note = (f"The tuned setting ({tuned}, row '{TUNED}') minus dual-weighted ALS, conversion recall@100 "
+                      f"per user, paired: {E.fmt_interval(d)}.\n")
     behind, ref = E.targets_behind(corpus, es, slices), next(iter(results.values()))
     n_conv = behind["conv_recall@100"]
     n_in = {k: behind[f"{k}_conv_recall@100"] for k in slices}
@@ -241,7 +271,7 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
                 [behind_row([*SLICES, "coverage@100"]) + ["-"],
                  *([m, *(E.fmt_interval(r[k]) for k in SLICES), E.fmt_interval(r["coverage@100"]), E.fmt_interval(r["top1%_items_share_of_slots"])]
                    for m, r in results.items())]), "",
-          " ".join(f"![{p.stem}](img/{p.name})" for p in plots), "", seeds(name, over), ""]
+          " ".join(f"![{p.stem}](img/{p.name})" for p in plots), "", tuned_note, seeds(name, over), ""]
     return md, results
 
 
@@ -304,17 +334,23 @@ def main() -> None:
     p.add_argument("--reuse", action="store_true",
                    help="score the fits an earlier run left instead of training them again (variants without one train)")
     p.add_argument("--variants", default=";".join(VARIANTS), help="two-tower variants to train (';'-separated)")
+    p.add_argument("--tuned", type=Path, default=None, help="a tuning run's best.yaml: also train and score the "
+                   "setting it chose (row 'two-tower tuned'), paired against dual ALS")
     a = p.parse_args()
+    if a.tuned is not None and not a.tuned.is_file():
+        p.error(f"--tuned {a.tuned}: no such file (the best.yaml of `python -m retrieval tune --out DIR`)")
     variants = a.variants.split(";")
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         p.error(f"unknown variant(s) {sorted(unknown)}; choose from {list(VARIANTS)}")
     logging.basicConfig(level=logging.WARNING)
     for name in a.datasets.split(","):
-        md, _ = run_dataset(name, a.epochs, variants, a.reuse)
+        md, _ = run_dataset(name, a.epochs, variants, a.reuse, a.tuned)
         cmd = f"python bench/quality.py --datasets {name}" + (f" --epochs {a.epochs}" if a.epochs else "")
         if variants != list(VARIANTS):
             cmd += f" --variants '{a.variants}'"
+        if a.tuned:
+            cmd += f" --tuned {a.tuned}"
         if a.reuse:
             cmd += " --reuse  # (fits an earlier run left were scored again, missing ones trained)"
         publish(f"quality-{name}", f"Quality on {name}: retrieving future conversions", md, cmd)
