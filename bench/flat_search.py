@@ -47,9 +47,9 @@ def main() -> None:
     one_thread()
     ours = store.search
     paths = {"faiss IndexFlatIP.search": faiss_search, "matrix product + max + partial sort (the service's)": ours}
-    cases = {}  # (artifact, path) -> (served, users, queries, fn)
+    cases, loaded = {}, {}  # (artifact, path) -> (served, users, queries, fn); artifact -> its Served
     for art in a.artifact:
-        served = load_served(art)
+        served = loaded[art] = load_served(art)
         ids = pq.read_table(art / "users.parquet", columns=["user_id"]).column("user_id").to_pylist()
         users = [served.users.parse(str(u)) for u in ids[: a.users]]
         queries = [(served.index, served.user_vecs["conversion"][served.users.row(u)], 100 + 20, served.onehot["conversion"])
@@ -68,11 +68,9 @@ def main() -> None:
     out = [[art.name, name, f"{np.median(answer[(art, name)]):.3f}", f"{np.median(search[(art, name)]):.3f}",
             f"{first[art] / np.median(answer[(art, name)]):.2f}", f"{np.median(answer[(art, name)]) / base:.2f}"]
            for art, name in cases]
-    described = "; ".join(
-        f"{art.name}: {cases[(art, next(iter(paths)))][0].manifest.n_items:,} items, "
-        f"`{cases[(art, next(iter(paths)))][0].manifest.factory}`, "
-        f"{cases[(art, next(iter(paths)))][0].manifest.interests} interest vector(s) per user, "
-        f"dim {cases[(art, next(iter(paths)))][0].manifest.embedding_dim}" for art in a.artifact)
+    manifests = {art: s.manifest for art, s in loaded.items()}
+    described = "; ".join(f"{art.name}: {m.n_items:,} items, `{m.factory}`, {m.interests} interest vector(s) per "
+                          f"user, dim {m.embedding_dim}" for art, m in manifests.items())
     publish("flat_search", "The exact search of one answer, in-process", [
         f"Artifact(s) {described}. {a.users:,} known users each, k=100 (each interest searched for 100 + 20 results "
         f"in the search-only column), {a.rounds} rounds, every artifact and path taking turns; BLAS and OpenMP on "

@@ -204,9 +204,11 @@ def run_dataset(name: str, epochs: int | None, variants: list[str], reuse: bool 
         per_user[method] = E.recall(pu.conv_ranks, 100)
 
     test_start = test_start_of(data, over)
-    runs = {**VARIANTS, **({TUNED: str(tuned_overrides(tuned))} if tuned else {})}
+    runs = {v: abl for v, abl in VARIANTS.items() if v in variants}  # in VARIANTS' order: the full model first
+    if tuned:
+        runs[TUNED] = str(tuned_overrides(tuned))
     for variant, ablation in runs.items():
-        if variant not in [*variants, *([TUNED] if tuned else [])] or changes_nothing(over, ablation):
+        if changes_nothing(over, ablation):
             continue
         ckpt, curves[variant], seconds[variant] = train(name, variant, ablation, data, over, epochs, test_start, reuse)
         trained = load_trained(ckpt)
@@ -339,6 +341,8 @@ def main() -> None:
     a = p.parse_args()
     if a.tuned is not None and not a.tuned.is_file():
         p.error(f"--tuned {a.tuned}: no such file (the best.yaml of `python -m retrieval tune --out DIR`)")
+    if a.tuned is not None and "," in a.datasets:
+        p.error("--tuned: one dataset at a time (a tuning run's choice belongs to the config it tuned)")
     variants = a.variants.split(";")
     unknown = set(variants) - set(VARIANTS)
     if unknown:

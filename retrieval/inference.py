@@ -85,13 +85,15 @@ class TwoTower(nn.Module):
         v = torch.cat([e[:, :-1], e[:, -1:] * self.temperature], 1) if self.item_bias else e
         return v if self.prior_raw is None else torch.cat([v, one_hot(x[self.prior_feature], self.prior_width)], 1)
 
-    def served_user(self, u: Tensor, x: dict[str, Tensor], head: str = SERVED) -> Tensor:
+    def served_user(self, u: Tensor, x: dict[str, Tensor], head: str = SERVED, share: Tensor | None = None) -> Tensor:
         """[B, (K,) embedding_dim] served user vectors of a head's user output for user inputs x:
-        [u, 1, temperature * beta * log_share]."""
+        [u, 1, temperature * beta * log_share]; share: :meth:`user_log_share` of x where the caller has it
+        (every head's vectors share it)."""
         v = torch.cat([u, torch.ones_like(u[..., :1])], -1) if self.item_bias else u
         if self.prior_raw is None:
             return v
-        p = (self.temperature * self.prior_scale(head) * self.user_log_share(x)).to(v.dtype)  # [B, C]
+        share = self.user_log_share(x) if share is None else share
+        p = (self.temperature * self.prior_scale(head) * share).to(v.dtype)  # [B, C]
         if v.dim() == 3:  # the same prior on each of the K interest vectors
             p = p[:, None].expand(-1, v.shape[1], -1)
         return torch.cat([v, p], -1)
@@ -119,7 +121,8 @@ class TwoTower(nn.Module):
 
     def embed_users_heads(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
         """Every head's served user vectors from one run of the tower: {head: [B, (K,) embedding_dim]}."""
-        return {h: self.served_user(u, x, h) for h, u in self.user_tower(x).items()}
+        share = None if self.prior_raw is None else self.user_log_share(x)  # [B, C] once for every head
+        return {h: self.served_user(u, x, h, share) for h, u in self.user_tower(x).items()}
 
     def repeat_scale(self, head: str = SERVED) -> Tensor:
         """Served-units scale of the repeat term (0 without one): score += scale * log1p(history weight)."""
